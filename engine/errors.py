@@ -1,0 +1,73 @@
+"""Typed errors: every failure a user can hit has one class here.
+
+Each message says what was expected and what was found, so callers (CLI, SDK,
+server) can report it without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class of every error this engine raises on purpose."""
+
+    exit_code = 1
+
+
+class InvalidInputError(EngineError, ValueError):
+    """The input (file, array, argument) is not what the engine accepts."""
+
+    exit_code = 2
+
+
+class MediaDecodeError(EngineError):
+    """A media file could not be decoded (truncated, corrupt, unsupported)."""
+
+    exit_code = 3
+
+
+class NoFaceError(EngineError):
+    """No usable face where one was required."""
+
+    exit_code = 4
+
+
+class CheckpointError(EngineError):
+    """A weight file is missing, unsafe, or does not match the expected layout."""
+
+    exit_code = 5
+
+
+class IncompatibleEngineError(EngineError):
+    """A built engine (TensorRT plan, ONNX file) does not match what is needed."""
+
+    exit_code = 6
+
+
+class BackendUnavailableError(EngineError):
+    """An explicitly requested backend cannot run on this machine."""
+
+    exit_code = 7
+
+
+class QueueFullError(EngineError):
+    """A bounded queue is full; the request is refused instead of growing memory."""
+
+    exit_code = 8
+
+
+class DeadlineExceededError(EngineError):
+    """A job's deadline passed before it could run."""
+
+    exit_code = 9
+
+
+class GpuOutOfMemoryError(EngineError):
+    """The GPU ran out of memory; memory has been released."""
+
+    exit_code = 10
+
+
+def expect(condition: bool, error: type[EngineError], what: str, expected: object, found: object) -> None:
+    """Raise `error("<what>: expected <expected>, found <found>")` unless `condition` holds."""
+    if not condition:
+        raise error(f"{what}: expected {expected}, found {found}")

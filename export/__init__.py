@@ -1,0 +1,1 @@
+"""ONNX and TensorRT builders for the LatentSync networks (specs drive export, build and runtime)."""

@@ -1,0 +1,1 @@
+"""Custom GPU kernels, each with a plain PyTorch reference implementation."""
