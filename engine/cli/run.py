@@ -1,0 +1,69 @@
+"""`engine run`: lip-sync a video to speech and write an mp4."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("run", help="lip-sync a video to speech", description=__doc__)
+    p.add_argument("--video", required=True, help="input video with a face (any PyAV-readable container)")
+    p.add_argument("--audio", required=True, help="speech audio (wav, mp3, m4a, or a video's audio track)")
+    p.add_argument("--output", "-o", required=True, help="output mp4 (written atomically: nothing appears on failure)")
+    p.add_argument("--model", default="latentsync-1.6",
+                   help="latentsync-1.6 (512 px, default), latentsync-1.5 (256 px), a local directory, or tiny-random")
+    p.add_argument("--preset", default="reference", choices=["reference", "fast"],
+                   help="reference = official settings (20 steps, guidance 1.5, DeepCache 3, seed 1247)")
+    p.add_argument("--steps", type=int, help="DDIM steps (overrides the preset)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale; <= 1 disables CFG")
+    p.add_argument("--deepcache", type=int, help="DeepCache interval; 0 disables it")
+    p.add_argument("--seed", type=int, help="random seed (default 1247, the official one)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16")
+    p.add_argument("--backend", default="torch", help="torch | compile | onnxruntime | tensorrt | auto")
+    p.add_argument("--face", default="auto",
+                   help="face source: auto | insightface | mediapipe | path to a face-track JSON")
+    p.add_argument("--strict-faces", action="store_true", help="fail if any frame has no face (default: pass through)")
+    p.add_argument("--crf", type=int, default=18, help="x264 quality (lower is better; default 18)")
+    p.add_argument("--offline", action="store_true", help="never contact the model hub (use cached weights)")
+    p.add_argument("--report", help="write a JSON report (timings per stage, frame counts, no-face ranges)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from engine.pipeline.sdk import LipSync, write_report
+
+    # Validate media before loading any model (cheap, typed errors).
+    from engine.media import probe
+
+    probe(args.video, require_video=True)
+    probe(args.audio, require_audio=True)
+    sync = LipSync.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, face=args.face, backend=args.backend, offline=args.offline
+    )
+    bar = None
+    if not args.no_progress and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=0, unit="frame", desc="lip-sync", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+    try:
+        result = sync(
+            args.video, args.audio, args.output, preset=args.preset, steps=args.steps, guidance=args.guidance,
+            deepcache=args.deepcache, seed=args.seed, strict_faces=args.strict_faces, crf=args.crf,
+            progress=progress,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.report:
+        write_report(result, args.report)
+    print(result.summary())
+    return 0

@@ -1,0 +1,271 @@
+"""Probe a media file from its metadata and reject what cannot work before any model loads."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from engine.errors import InvalidInputError, MediaDecodeError, expect
+
+SNIFF_BYTES = 4096  # bytes read to tell a text file from a binary media file
+# Container signatures: a file that starts like this but does not open is corrupt media, not "not media".
+_MEDIA_MAGIC = (
+    (4, b"ftyp"),  # mp4 / mov / m4a / 3gp (box type after the 4-byte size)
+    (4, b"moov"),
+    (4, b"mdat"),
+    (4, b"free"),
+    (4, b"wide"),
+    (0, b"RIFF"),  # wav / avi
+    (0, b"ID3"),  # mp3 with tags
+    (0, b"\x1a\x45\xdf\xa3"),  # matroska / webm
+    (0, b"OggS"),
+    (0, b"fLaC"),
+)
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """What the engine accepts, checked against container metadata before any frame is decoded."""
+
+    max_width: int = 8192  # px, displayed width
+    max_height: int = 8192  # px, displayed height
+    max_pixels: int = 8192 * 4320  # px per frame (8K)
+    max_duration_s: float = 3 * 3600.0  # s
+    max_fps: float = 240.0  # frames per second (average)
+    min_sample_rate: int = 4000  # Hz
+    max_sample_rate: int = 384_000  # Hz
+    max_channels: int = 16
+    max_file_bytes: int = 64 * 2**30
+    strict_decode: bool = True  # decoders raise on bitstream errors (err_detect=explode) instead of concealing
+
+    def __post_init__(self) -> None:
+        for name in ("max_width", "max_height", "max_pixels", "max_duration_s", "max_fps",
+                     "min_sample_rate", "max_sample_rate", "max_channels", "max_file_bytes"):
+            value = getattr(self, name)
+            expect(value > 0, InvalidInputError, f"MediaLimits.{name}", "> 0", value)
+        expect(self.min_sample_rate <= self.max_sample_rate, InvalidInputError, "MediaLimits sample-rate range",
+               "min_sample_rate <= max_sample_rate", (self.min_sample_rate, self.max_sample_rate))
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    index: int  # stream index in the container
+    codec: str  # decoder name, e.g. "hevc", "h264"
+    width: int  # px, as displayed (after rotation)
+    height: int  # px, as displayed (after rotation)
+    coded_width: int  # px, as stored
+    coded_height: int  # px, as stored
+    fps: float  # average frame rate (frames / s)
+    rate: Fraction  # the same, exact
+    duration_s: float  # s
+    start_s: float  # s, pts of the first frame
+    frames: int  # declared frame count, or duration * fps when the container does not say
+    frames_declared: bool  # True when `frames` comes from the container
+    rotation: int  # degrees counter-clockwise to display (0, 90, 180, 270)
+    pix_fmt: str | None
+
+    @property
+    def name(self) -> str:
+        return f"stream #{self.index} (video, {self.codec})"
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    index: int
+    codec: str  # e.g. "aac", "pcm_s16le", "mp3float"
+    sample_rate: int  # Hz
+    channels: int
+    layout: str  # e.g. "mono", "stereo", "5.1"
+    sample_format: str  # e.g. "s16", "fltp"
+    duration_s: float  # s (0.0 when unknown)
+    start_s: float  # s
+
+    @property
+    def name(self) -> str:
+        return f"stream #{self.index} (audio, {self.codec})"
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    path: str
+    format: str  # demuxer name, e.g. "mov,mp4,m4a,3gp,3g2,mj2", "wav"
+    size_bytes: int
+    duration_s: float  # container duration, s
+    streams: tuple[str, ...]  # type of every stream, in index order
+    video: VideoInfo | None  # the first video stream, if any
+    audio: AudioInfo | None  # the first audio stream, if any
+
+
+def check_path(path: str | os.PathLike, *, limits: MediaLimits = MediaLimits()) -> Path:
+    """Return the absolute path of an existing, non-empty, non-text file, or raise InvalidInputError.
+
+    The path is made absolute so that FFmpeg never reads a `name:` prefix as a protocol.
+    """
+    expect(isinstance(path, (str, os.PathLike)), InvalidInputError, "media path", "str or os.PathLike",
+           type(path).__name__)
+    p = Path(os.fspath(path)).absolute()
+    expect(p.exists(), InvalidInputError, f"{p}", "an existing file", "no such file")
+    expect(p.is_file(), InvalidInputError, f"{p}", "a regular file", "a directory or special file")
+    size = p.stat().st_size
+    expect(size > 0, InvalidInputError, f"{p}", "a media file", "an empty file (0 bytes)")
+    expect(size <= limits.max_file_bytes, InvalidInputError, f"{p}", f"at most {limits.max_file_bytes} bytes",
+           f"{size} bytes")
+    with open(p, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    expect(not _looks_like_text(head), InvalidInputError, f"{p}", "a media file", f"a text file starting {head[:24]!r}")
+    return p
+
+
+def _looks_like_text(head: bytes) -> bool:
+    """True for plain ASCII/UTF-8 text (playlists, scripts, renamed notes); media headers hold binary bytes."""
+    if b"\x00" in head:
+        return False
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(ch.isprintable() or ch in "\r\n\t\f" for ch in text)
+
+
+def _has_media_magic(p: Path) -> bool:
+    with open(p, "rb") as f:
+        head = f.read(16)
+    return any(head[off:off + len(magic)] == magic for off, magic in _MEDIA_MAGIC)
+
+
+@contextlib.contextmanager
+def open_input(path: str | os.PathLike, *, limits: MediaLimits = MediaLimits()) -> Iterator[av.container.InputContainer]:
+    """Open `path` for reading with PyAV; map open failures to typed errors and always close."""
+    p = check_path(path, limits=limits)
+    try:
+        container = av.open(str(p), mode="r", metadata_errors="ignore")
+    except (av.FFmpegError, OSError) as e:
+        if _has_media_magic(p):
+            raise MediaDecodeError(f"{p}: expected a readable media container, found a corrupt one "
+                                   f"(truncated, or the moov/header is missing): {e}") from e
+        raise InvalidInputError(f"{p}: expected a media file (mp4, mov, mkv, wav, mp3, ...), "
+                                f"found data FFmpeg cannot read: {e}") from e
+    try:
+        yield container
+    finally:
+        container.close()
+
+
+def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
+    if value is None or time_base is None:
+        return None
+    return float(value * time_base)
+
+
+def _video_info(s: av.video.stream.VideoStream, container_duration_s: float, rotation: int = 0) -> VideoInfo:
+    cc = s.codec_context
+    rate = s.average_rate or s.guessed_rate or s.base_rate or Fraction(0)
+    duration = _seconds(s.duration, s.time_base) or container_duration_s
+    declared = int(s.frames or 0)
+    w, h = cc.width, cc.height
+    if rotation in (90, 270):
+        w, h = h, w
+    return VideoInfo(
+        index=s.index, codec=cc.name, width=w, height=h, coded_width=cc.width, coded_height=cc.height,
+        fps=float(rate), rate=Fraction(rate), duration_s=duration,
+        start_s=_seconds(s.start_time, s.time_base) or 0.0,
+        frames=declared if declared > 0 else round(duration * float(rate)),
+        frames_declared=declared > 0, rotation=rotation,
+        pix_fmt=cc.pix_fmt,
+    )
+
+
+def _audio_info(s: av.audio.stream.AudioStream) -> AudioInfo:
+    cc = s.codec_context
+    return AudioInfo(
+        index=s.index, codec=cc.name, sample_rate=int(cc.sample_rate or 0), channels=int(cc.channels or 0),
+        layout=cc.layout.name if cc.layout else "", sample_format=cc.format.name if cc.format else "",
+        duration_s=_seconds(s.duration, s.time_base) or 0.0,
+        start_s=_seconds(s.start_time, s.time_base) or 0.0,
+    )
+
+
+def info_from_container(container: av.container.InputContainer, path: str | os.PathLike) -> MediaInfo:
+    """Build MediaInfo from an open container (no frame is decoded)."""
+    duration = (container.duration or 0) / av.time_base
+    videos = [s for s in container.streams.video if not _is_attached_picture(s)]
+    audios = list(container.streams.audio)
+    return MediaInfo(
+        path=str(path), format=container.format.name, size_bytes=Path(path).stat().st_size, duration_s=duration,
+        streams=tuple(s.type for s in container.streams),
+        video=_video_info(videos[0], duration) if videos else None,
+        audio=_audio_info(audios[0]) if audios else None,
+    )
+
+
+def _is_attached_picture(s) -> bool:
+    """Cover art in mp3/m4a shows up as a one-frame video stream; it is not video."""
+    return "attached_pic" in str(getattr(s, "disposition", "")).lower()
+
+
+def check_limits(info: MediaInfo, limits: MediaLimits, *, require_video: bool, require_audio: bool) -> None:
+    """Raise InvalidInputError when the metadata says the file cannot (or must not) be processed."""
+    p = info.path
+    expect(len(info.streams) > 0, InvalidInputError, p, "at least one stream", "a container with zero streams")
+    if require_video:
+        expect(info.video is not None, InvalidInputError, p, "a video stream", f"streams {list(info.streams)}")
+    if require_audio:
+        expect(info.audio is not None, InvalidInputError, p, "an audio stream", f"streams {list(info.streams)}")
+    expect(info.video is not None or info.audio is not None, InvalidInputError, p, "a video or audio stream",
+           f"streams {list(info.streams)}")
+    expect(info.duration_s <= limits.max_duration_s, InvalidInputError, f"{p}: duration",
+           f"<= {limits.max_duration_s:g} s (MediaLimits.max_duration_s)", f"{info.duration_s:g} s")
+    v = info.video
+    if v is not None:
+        what = f"{p}: {v.name}"
+        expect(v.width > 0 and v.height > 0, InvalidInputError, f"{what} size", "a positive size",
+               f"{v.width}x{v.height}")
+        expect(v.width <= limits.max_width and v.height <= limits.max_height, InvalidInputError, f"{what} size",
+               f"at most {limits.max_width}x{limits.max_height} (MediaLimits)", f"{v.width}x{v.height}")
+        expect(v.width * v.height <= limits.max_pixels, InvalidInputError, f"{what} pixels",
+               f"<= {limits.max_pixels} (MediaLimits.max_pixels)", v.width * v.height)
+        expect(0 < v.fps <= limits.max_fps, InvalidInputError, f"{what} frame rate",
+               f"in (0, {limits.max_fps:g}] fps (MediaLimits.max_fps)", f"{v.fps:g} fps")
+        expect(v.duration_s <= limits.max_duration_s, InvalidInputError, f"{what} duration",
+               f"<= {limits.max_duration_s:g} s (MediaLimits.max_duration_s)", f"{v.duration_s:g} s")
+    a = info.audio
+    if a is not None:
+        what = f"{p}: {a.name}"
+        expect(limits.min_sample_rate <= a.sample_rate <= limits.max_sample_rate, InvalidInputError,
+               f"{what} sample rate", f"{limits.min_sample_rate}..{limits.max_sample_rate} Hz (MediaLimits)",
+               f"{a.sample_rate} Hz")
+        expect(1 <= a.channels <= limits.max_channels, InvalidInputError, f"{what} channels",
+               f"1..{limits.max_channels} (MediaLimits.max_channels)", a.channels)
+        expect(a.duration_s <= limits.max_duration_s, InvalidInputError, f"{what} duration",
+               f"<= {limits.max_duration_s:g} s (MediaLimits.max_duration_s)", f"{a.duration_s:g} s")
+
+
+def probe(path: str | os.PathLike, *, limits: MediaLimits = MediaLimits(), require_video: bool = False,
+          require_audio: bool = False) -> MediaInfo:
+    """Read streams, codecs, frame rate, duration and size from metadata, and check them against `limits`.
+
+    Raises InvalidInputError (missing/empty/text/not media, wrong stream types, over limits) or
+    MediaDecodeError (a media container that is truncated or corrupt, e.g. an mp4 without moov).
+    No frame is decoded, so this takes milliseconds.
+    """
+    with open_input(path, limits=limits) as container:
+        info = info_from_container(container, check_path(path, limits=limits))
+    check_limits(info, limits, require_video=require_video, require_audio=require_audio)
+    return info
+
+
+def decode_error(stream_name: str, path: str | os.PathLike, err: BaseException, where: str = "") -> MediaDecodeError:
+    """A MediaDecodeError that names the stream, for errors raised while demuxing or decoding."""
+    at = f" at {where}" if where else ""
+    return MediaDecodeError(f"{path}: {stream_name}: expected decodable data{at}, found a decode error "
+                            f"(truncated or corrupt file): {e_str(err)}")
+
+
+def e_str(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"

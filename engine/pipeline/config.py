@@ -1,0 +1,77 @@
+"""Generation settings and presets: what the denoising loop does, independent of models and media."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from engine.constants import CHUNK_FRAMES
+from engine.errors import InvalidInputError
+
+OFFICIAL_SEED = 1247
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """How one lip-sync run denoises.
+
+    `seed` drives a private torch generator on the run's device: it draws the
+    initial noise frame once, then per chunk the VAE posterior samples of the
+    masked faces and of the reference faces — the official order, so a run on
+    the same device type with the same seed reproduces the official frames.
+    """
+
+    steps: int = 20
+    guidance_scale: float = 1.5
+    deepcache_interval: int | None = 3
+    seed: int = OFFICIAL_SEED
+    chunk_frames: int = CHUNK_FRAMES
+    eta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.steps <= 1000):
+            raise InvalidInputError(f"steps: expected 1..1000, found {self.steps}")
+        if not (0.0 <= self.guidance_scale <= 20.0):
+            raise InvalidInputError(f"guidance_scale: expected 0..20, found {self.guidance_scale}")
+        if self.deepcache_interval is not None and self.deepcache_interval < 1:
+            raise InvalidInputError(
+                f"deepcache_interval: expected None or >= 1, found {self.deepcache_interval}"
+            )
+        if not (1 <= self.chunk_frames <= 24):
+            raise InvalidInputError(f"chunk_frames: expected 1..24 (temporal PE length), found {self.chunk_frames}")
+        if self.seed < 0:
+            raise InvalidInputError(f"seed: expected a non-negative integer, found {self.seed}")
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.guidance_scale > 1.0
+
+    @property
+    def effective_deepcache(self) -> int | None:
+        """DeepCache interval that changes anything (1 means every step is full)."""
+        if self.deepcache_interval is None or self.deepcache_interval <= 1:
+            return None
+        return self.deepcache_interval
+
+    def replace(self, **changes) -> "SyncConfig":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+PRESETS: dict[str, SyncConfig] = {
+    # The official settings of inference.sh / gradio_app.py.
+    "reference": SyncConfig(steps=20, guidance_scale=1.5, deepcache_interval=3, seed=OFFICIAL_SEED),
+    # Fewer steps with DeepCache: roughly 2.5x less U-Net work than `reference`.
+    # Its quality cost is not yet measured on the real weights (see README).
+    "fast": SyncConfig(steps=10, guidance_scale=1.5, deepcache_interval=3, seed=OFFICIAL_SEED),
+}
+
+
+def resolve_config(preset: str = "reference", **overrides) -> SyncConfig:
+    """A preset with explicit overrides applied (None means keep the preset's value)."""
+    if preset not in PRESETS:
+        raise InvalidInputError(f"preset: expected one of {sorted(PRESETS)}, found {preset!r}")
+    disable_deepcache = overrides.pop("deepcache_off", False)
+    config = PRESETS[preset].replace(**overrides)
+    if disable_deepcache:
+        config = dataclasses.replace(config, deepcache_interval=None)
+    return config

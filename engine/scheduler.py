@@ -1,0 +1,149 @@
+"""The official DDIM denoising loop: CFG with zero audio, optional DeepCache, one U-Net call per step."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Protocol
+
+import torch
+from torch import Tensor
+
+from engine.errors import InvalidInputError
+
+# configs/scheduler_config.json of the official repo, plus the diffusers defaults it relies on (spec §1.9).
+OFFICIAL_SCHEDULER_CONFIG: dict = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "trained_betas": None,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+    "thresholding": False,
+    "rescale_betas_zero_snr": False,
+}
+MAX_STEPS = OFFICIAL_SCHEDULER_CONFIG["num_train_timesteps"]
+
+StepCallback = Callable[[int, int, Tensor], None]  # (step index k, timestep t, latents after step k)
+
+
+class DenoisingUNet(Protocol):
+    """What `denoise` needs from a U-Net (LatentSyncUNet or a backend wrapper)."""
+
+    def forward(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor) -> Tensor: ...
+
+    def forward_full(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def forward_shallow(
+        self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor, deep_feature: Tensor
+    ) -> Tensor: ...
+
+
+def make_scheduler():
+    """A fresh diffusers DDIMScheduler with the official configuration (no timesteps set)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(**OFFICIAL_SCHEDULER_CONFIG)
+
+
+@functools.lru_cache(maxsize=32)
+def _scheduler_for(steps: int):
+    """A DDIMScheduler with `set_timesteps(steps)` done, shared by every call with that step count.
+
+    `DDIMScheduler.step` only reads its state, so sharing one object per step count is safe across
+    chunks and threads as long as nobody calls `set_timesteps` on it again.
+    """
+    scheduler = make_scheduler()
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def timesteps_for(steps: int) -> list[int]:
+    """The official timesteps for `steps` DDIM steps, e.g. 20 -> [951, 901, ..., 51, 1]."""
+    _check_steps(steps)
+    return [int(t) for t in _scheduler_for(steps).timesteps]
+
+
+def _check_steps(steps: int) -> None:
+    if not isinstance(steps, int) or not (1 <= steps <= MAX_STEPS):
+        raise InvalidInputError(f"steps: expected an integer in 1..{MAX_STEPS}, found {steps!r}")
+
+
+def _check_inputs(latents, mask_latents, masked_image_latents, ref_latents, audio_embeds) -> None:
+    expected = "[1,4,F,h,w]"
+    if latents.ndim != 5 or latents.shape[0] != 1 or latents.shape[1] != 4:
+        raise InvalidInputError(f"latents: expected shape {expected}, found {list(latents.shape)}")
+    _, _, frames, h, w = latents.shape
+    for name, tensor, channels in (
+        ("mask_latents", mask_latents, 1),
+        ("masked_image_latents", masked_image_latents, 4),
+        ("ref_latents", ref_latents, 4),
+    ):
+        want = [1, channels, frames, h, w]
+        if list(tensor.shape) != want:
+            raise InvalidInputError(f"{name}: expected shape {want}, found {list(tensor.shape)}")
+    if audio_embeds.ndim != 3 or audio_embeds.shape[0] != frames:
+        raise InvalidInputError(
+            f"audio_embeds: expected shape [{frames},50,C] (one window per frame), found {list(audio_embeds.shape)}"
+        )
+
+
+@torch.no_grad()
+def denoise(
+    unet: DenoisingUNet,
+    latents: Tensor,  # [1,4,F,h,w] initial noise
+    mask_latents: Tensor,  # [1,1,F,h,w]
+    masked_image_latents: Tensor,  # [1,4,F,h,w]
+    ref_latents: Tensor,  # [1,4,F,h,w]
+    audio_embeds: Tensor,  # [F,50,C]
+    *,
+    steps: int,
+    guidance_scale: float,
+    deepcache_interval: int | None = None,
+    eta: float = 0.0,
+    callback: StepCallback | None = None,
+) -> Tensor:  # [1,4,F,h,w] final latents
+    """Run the official DDIM loop for one chunk and return the denoised latents.
+
+    CFG (guidance_scale > 1) runs unconditional (all-zero audio) and audio-conditioned passes as ONE
+    batch-2 forward, unconditional first; noise = u + g * (a - u). With `deepcache_interval` = N > 1,
+    step k is a full pass (storing the deep feature) when k % N == 0 and a shallow pass otherwise;
+    the cache lives only inside this call. Arithmetic runs in the dtype of `latents`.
+    """
+    _check_steps(steps)
+    _check_inputs(latents, mask_latents, masked_image_latents, ref_latents, audio_embeds)
+    if deepcache_interval is not None and deepcache_interval < 1:
+        raise InvalidInputError(f"deepcache_interval: expected None or >= 1, found {deepcache_interval}")
+    scheduler = _scheduler_for(steps)
+    use_cfg = guidance_scale > 1.0
+    use_cache = deepcache_interval is not None and deepcache_interval > 1
+
+    conditioning = torch.cat([mask_latents, masked_image_latents, ref_latents], dim=1)  # [1,9,F,h,w]
+    if use_cfg:
+        conditioning = torch.cat([conditioning, conditioning])  # [2,9,F,h,w]
+        audio_embeds = torch.cat([torch.zeros_like(audio_embeds), audio_embeds])  # [2F,50,C], uncond first
+    conditioning = conditioning.to(latents.dtype)
+    audio_embeds = audio_embeds.to(latents.dtype)
+
+    deep_feature: Tensor | None = None
+    for k, t in enumerate(scheduler.timesteps):
+        t_int = int(t)
+        timestep = torch.tensor(t_int, dtype=torch.int64, device=latents.device)  # 0-d
+        model_in = torch.cat([latents, latents]) if use_cfg else latents
+        model_in = torch.cat([model_in, conditioning], dim=1)  # [B,13,F,h,w]
+        if not use_cache:
+            noise = unet.forward(model_in, timestep, audio_embeds)
+        elif k % deepcache_interval == 0:
+            noise, deep_feature = unet.forward_full(model_in, timestep, audio_embeds)
+        else:
+            noise = unet.forward_shallow(model_in, timestep, audio_embeds, deep_feature)
+        if use_cfg:
+            noise_uncond, noise_audio = noise.chunk(2)
+            noise = noise_uncond + guidance_scale * (noise_audio - noise_uncond)
+        latents = scheduler.step(noise, t_int, latents, eta=eta, return_dict=False)[0]
+        if callback is not None:
+            callback(k, t_int, latents)
+    return latents
