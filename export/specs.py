@@ -9,7 +9,7 @@ floor-division of those (``"batch*frames"``, ``"8*height"``, ``"length//2"``).
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Mapping
 
 import torch
@@ -154,17 +154,27 @@ class NetworkSpec:
                 out[name] = torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
         return out
 
-    def check_inputs(self, tensors: Mapping[str, torch.Tensor], geometry: Geometry) -> None:
-        """Raise InvalidInputError unless every input has the static dims of the spec."""
+    def settings_for(self, shapes: Mapping[str, tuple[int, ...]]) -> ShapeSettings:
+        """The dynamic-axis values implied by concrete input shapes (axes the spec does not use keep defaults)."""
+        values: dict[str, int] = {}
+        for name, shape in self.inputs.items():
+            for dim, size in zip(shape, shapes.get(name, ())):
+                solved = _solve_dim(dim, int(size))
+                if solved is not None:
+                    values.setdefault(*solved)
+        return replace(ShapeSettings(), **values)
+
+    def check_inputs(self, tensors: Mapping[str, torch.Tensor], geometry: Geometry) -> ShapeSettings:
+        """Raise InvalidInputError unless every input has the spec's rank, static dims and consistent dynamic dims."""
         for name, shape in self.inputs.items():
             expect(name in tensors, InvalidInputError, f"{self.name} input", f"'{name}'", sorted(tensors))
             found = tuple(tensors[name].shape)
             expect(len(found) == len(shape), InvalidInputError, f"{self.name}.{name} rank", len(shape), found)
-            env = asdict(geometry)
-            for i, d in enumerate(shape):
-                if not _is_dynamic(d):
-                    want = _eval_dim(d, env)
-                    expect(found[i] == want, InvalidInputError, f"{self.name}.{name} dim {i}", want, found[i])
+        settings = self.settings_for({name: tuple(t.shape) for name, t in tensors.items()})
+        for name, want in self.input_shapes(geometry, settings).items():
+            found = tuple(tensors[name].shape)
+            expect(found == want, InvalidInputError, f"{self.name}.{name} shape", want, found)
+        return settings
 
 
 _TOKEN = re.compile(r"^\s*([A-Za-z_][A-Za-z_0-9]*|\d+)\s*$")
@@ -181,6 +191,21 @@ def _is_dynamic(dim: Dim) -> bool:
         return False
     terms, divisor = _terms(dim)
     return any(t.strip() in DYNAMIC_AXES for t in terms + ([divisor] if divisor else []))
+
+
+def _solve_dim(dim: Dim, size: int) -> tuple[str, int] | None:
+    """(axis, value) when `dim` is one dynamic axis times integers ('frames', '8*height'); else None."""
+    if isinstance(dim, int):
+        return None
+    terms, divisor = _terms(dim)
+    names = [t.strip() for t in terms if t.strip() in DYNAMIC_AXES]
+    factors = [t.strip() for t in terms if t.strip() not in DYNAMIC_AXES]
+    if divisor or len(names) != 1 or not all(f.isdigit() for f in factors):
+        return None
+    scale = 1
+    for f in factors:
+        scale *= int(f)
+    return names[0], max(size // scale, 1)
 
 
 def _axis_name(dim: str) -> str:

@@ -24,21 +24,30 @@ def mel_windows(mel: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     return torch.stack(windows), keep
 
 
-@torch.inference_mode()
+def _placement(encoder) -> tuple[torch.device, torch.dtype]:
+    """(device, dtype) of an nn.Module's weights, else of a backend wrapper's `device`/`dtype` attributes."""
+    weight = next(encoder.parameters(), None) if isinstance(encoder, torch.nn.Module) else None
+    if weight is not None:
+        return weight.device, weight.dtype
+    return torch.device(getattr(encoder, "device", "cpu")), getattr(encoder, "dtype", torch.float32)
+
+
+@torch.no_grad()
 def audio_features(samples: torch.Tensor | np.ndarray, encoder: WhisperAudioEncoder, *,
                    dtype: torch.dtype | None = None) -> torch.Tensor:
     """16 kHz mono samples [S] -> features [N, 5, C] on the encoder's device, N = 1500*(M//3000) + (M%3000)//2.
 
+    encoder: WhisperAudioEncoder or any callable mel [B, 80, 3000] -> [B, 1500, 5, C].
     dtype: encoder compute dtype (default: the encoder's weight dtype). float16 with fp32 weights on
     CUDA reproduces the official GPU encode; the result has this dtype.
     """
     audio = as_samples(samples, min_samples=MIN_FEATURE_SAMPLES)
-    weight = encoder.encoder.conv1.weight
-    dtype = weight.dtype if dtype is None else dtype
+    device, weight_dtype = _placement(encoder)
+    dtype = weight_dtype if dtype is None else dtype
     windows, keep = mel_windows(log_mel_spectrogram(audio))  # [W, 80, 3000]
     parts = []
     for first in range(0, windows.shape[0], WINDOW_BATCH):
-        batch = windows[first:first + WINDOW_BATCH].to(weight.device, dtype)
+        batch = windows[first:first + WINDOW_BATCH].to(device, dtype)
         embeddings = encoder(batch)  # [w, 1500, 5, C]
         parts.extend(emb[:rows] for emb, rows in zip(embeddings, keep[first:first + WINDOW_BATCH]))
     return torch.cat(parts)  # [N, 5, C]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -240,3 +242,37 @@ def stable_sync_score(
         window_starts=tuple(starts),
         window_probs=tuple(probs),
     )
+
+
+def small_stable_syncnet_config() -> dict:
+    """The golden small config: every channel c -> max(32, c // 32); for tests and random-weight runs."""
+    config = official_stable_syncnet_config()
+    for tower in config.values():
+        tower["block_out_channels"] = [max(GN_GROUPS, c // 32) for c in tower["block_out_channels"]]
+    return config
+
+
+def load_stable_syncnet(
+    weights: str | Path | None = None,
+    *,
+    config: dict | None = None,
+    random_seed: int | None = None,
+    offline: bool = False,
+    device: str = "cpu",
+) -> StableSyncNet:
+    """StableSyncNet from a file (a safetensors `config` metadata entry wins), the hash-checked
+    `stable_syncnet.pt` download (weights None), or random weights (small config unless given)."""
+    from engine.eval.weights import STABLE_SYNCNET, fetch_checkpoint, load_state_dict_file, load_strict
+
+    if random_seed is not None:
+        torch.manual_seed(random_seed)
+        return StableSyncNet(config or small_stable_syncnet_config()).to(device).eval()
+    path = Path(weights) if weights is not None else fetch_checkpoint(STABLE_SYNCNET, offline=offline)
+    if config is None and path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            stored = (handle.metadata() or {}).get("config")
+        config = json.loads(stored) if stored else None
+    net = StableSyncNet(config or official_stable_syncnet_config())
+    return load_strict(net, load_state_dict_file(path), source=str(path)).to(device).eval()

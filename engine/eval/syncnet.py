@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
@@ -87,3 +89,16 @@ def embed_clip(
         lips.append(net.forward_lip(lip_windows(crops_bgr, frames).to(device)).cpu())
         auds.append(net.forward_aud(mfcc_windows(cc, frames).to(device)).cpu())
     return torch.cat(lips), torch.cat(auds)
+
+
+def load_syncnet(
+    weights: str | Path | None = None, *, random_seed: int | None = None, offline: bool = False, device: str = "cpu"
+) -> SyncNetS:
+    """SyncNet S from a file, from the hash-checked `syncnet_v2.model` download (weights None), or random."""
+    from engine.eval.weights import SYNCNET_V2, fetch_checkpoint, load_state_dict_file, load_strict
+
+    if random_seed is not None:
+        torch.manual_seed(random_seed)
+        return SyncNetS().to(device).eval()
+    path = Path(weights) if weights is not None else fetch_checkpoint(SYNCNET_V2, offline=offline)
+    return load_strict(SyncNetS(), load_state_dict_file(path), source=str(path)).to(device).eval()

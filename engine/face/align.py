@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from engine.errors import InvalidInputError, expect
-from engine.face.warp import warp_affine_hwc
+from engine.face.restore import resize_faces, restore_batch
+from engine.face.warp import as_matrices, warp_affine_hwc
 
 TEMPLATE_BASE = ((17.0, 20.0), (58.0, 20.0), (37.5, 40.0))  # (x, y): left brow, right brow, nose at 256/2.8
 CROP_BASE_WH = (75, 100)  # crop (w, h) before scaling by the ratio
@@ -118,7 +119,7 @@ class FaceAligner:
         """Warp frames [N,H,W,3] uint8 with matrices [N,2,3] -> crops [N,h,w,3] uint8 (truncated, fill 127)."""
         expect(frames.ndim == 4 and frames.shape[-1] == 3 and frames.dtype == torch.uint8, InvalidInputError,
                "frames", "uint8 [N,H,W,3]", f"{frames.dtype} {tuple(frames.shape)}")
-        mats = torch.as_tensor(np.asarray(matrices, dtype=np.float32)).reshape(-1, 2, 3)
+        mats = as_matrices(matrices)
         expect(len(mats) == len(frames), InvalidInputError, "matrices count", len(frames), len(mats))
         frames = frames.to(self.device)
         crops = warp_affine_hwc(frames, mats.to(self.device), (self.geometry.height, self.geometry.width),
@@ -140,17 +141,16 @@ class FaceAligner:
 
     def resize_to_crop(self, faces: torch.Tensor) -> torch.Tensor:
         """Decoded faces [N,3,R,R] float -> [N,3,h,w] (torchvision bicubic antialias resize, no clamp)."""
-        from engine.face.restore import resize_faces
-
         return resize_faces(faces, (self.geometry.height, self.geometry.width))
 
     def restore_batch(self, frames: torch.Tensor, faces: torch.Tensor, matrices: np.ndarray | torch.Tensor, *,
-                      region_only: bool = True) -> torch.Tensor:
-        """Paste faces ([N,3,R,R] or [N,3,h,w], float in about [-1,1]) into frames [N,H,W,3] uint8."""
-        from engine.face.restore import restore_batch
+                      region_only: bool = True, inplace: bool = False) -> torch.Tensor:
+        """Paste faces ([N,3,R,R] or [N,3,h,w], float in about [-1,1]) into frames [N,H,W,3] uint8.
 
+        Returns [N,H,W,3] uint8 on self.device; only each face's window is computed (see restore.py).
+        """
         return restore_batch(frames.to(self.device), faces.to(self.device), matrices,
-                             (self.geometry.height, self.geometry.width), region_only=region_only)
+                             (self.geometry.height, self.geometry.width), region_only=region_only, inplace=inplace)
 
     def restore(self, frame: np.ndarray, face: torch.Tensor, matrix: np.ndarray) -> np.ndarray:
         """One frame: paste `face` [3,R,R] or [3,h,w] back with the official soft mask -> [H,W,3] uint8."""

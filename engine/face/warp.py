@@ -10,9 +10,17 @@ unnormalisation, grid_sample's bilinear weights) but gathers the four taps itsel
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 Box = tuple[int, int, int, int]  # (y0, x0, height, width) of a destination window
+
+
+def as_matrices(matrices) -> torch.Tensor:
+    """numpy/tensor/list [N,2,3] or [2,3] -> float32 CPU tensor [N,2,3]."""
+    if isinstance(matrices, torch.Tensor):
+        return matrices.detach().float().cpu().reshape(-1, 2, 3)
+    return torch.as_tensor(np.asarray(matrices, dtype=np.float32)).reshape(-1, 2, 3)
 
 
 def _normal_transform_pixel(height: int, width: int, device, dtype=torch.float32) -> torch.Tensor:
@@ -70,34 +78,53 @@ def source_coords(
     return ix, iy
 
 
-def sample_bilinear_hwc(
-    src: torch.Tensor, ix: torch.Tensor, iy: torch.Tensor, fill: float | None
+def sample_bilinear(
+    src: torch.Tensor, ix: torch.Tensor, iy: torch.Tensor, fill: float | None, *, channels_last: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bilinear taps of src [N,H,W,C] (any dtype) at (ix, iy) [N,h,w]; zero outside.
+    """Bilinear taps of src at (ix, iy) [N,h,w]; zero outside (grid_sample, padding "zeros").
 
-    Returns (values [N,h,w,C] f32, coverage [N,h,w,1] f32) where coverage = sample of ones (kornia's mask).
-    With `fill`, values get `(1 - coverage) * fill` added, as kornia's padding_mode="fill".
+    src: [N,H,W,C] when channels_last (any dtype, e.g. uint8 frames) else [N,C,H,W] (float faces).
+    Returns (values, coverage): values [N,h,w,C] / [N,C,h,w] f32 in the source's layout, coverage
+    [N,h,w,1] / [N,1,h,w] f32 = the sample of a ones image (kornia's mask). With `fill`, values get
+    `(1 - coverage) * fill` added, as kornia's padding_mode="fill".
+    Arithmetic follows grid_sample's CPU kernel bit for bit: weights nw = s*e, ne = s*w, sw = n*e, se = n*w and
+    a fused multiply-add chain (torch.addcmul is one FMA per element).
     """
-    n, height, width, channels = src.shape
+    if channels_last:
+        n, height, width, channels = src.shape
+    else:
+        n, channels, height, width = src.shape
     x_w, y_n = ix.floor(), iy.floor()
     w = ix - x_w
-    e = 1.0 - w
     nn_ = iy - y_n
-    s = 1.0 - nn_
-    weights = (s * e, s * w, nn_ * e, nn_ * w)  # nw, ne, sw, se (grid_sample's order)
     xl, yt = x_w.long(), y_n.long()
-    flat = src.reshape(n, height * width, channels)
-    batch = torch.arange(n, device=src.device)[:, None]
-    values = torch.zeros((*ix.shape, channels), device=src.device, dtype=torch.float32)
-    coverage = torch.zeros((*ix.shape, 1), device=src.device, dtype=torch.float32)
-    for weight, (dy, dx) in zip(weights, ((0, 0), (0, 1), (1, 0), (1, 1))):
-        xx, yy = xl + dx, yt + dy
-        valid = (xx >= 0) & (xx < width) & (yy >= 0) & (yy < height)  # [N,h,w]
-        index = (yy.clamp(0, height - 1) * width + xx.clamp(0, width - 1)).reshape(n, -1)
-        tap = flat[batch, index].reshape(*ix.shape, channels).float()  # [N,h,w,C]
-        wv = (weight * valid)[..., None]  # [N,h,w,1]
-        values = values + tap * wv
-        coverage = coverage + wv
+    # per-axis weights with out-of-range taps zeroed: products are s*e exactly, or 0
+    zero = torch.zeros((), device=ix.device)
+    wx = (torch.where((xl >= 0) & (xl < width), 1.0 - w, zero), torch.where((xl >= -1) & (xl < width - 1), w, zero))
+    wy = (torch.where((yt >= 0) & (yt < height), 1.0 - nn_, zero),
+          torch.where((yt >= -1) & (yt < height - 1), nn_, zero))
+    cols = (xl.clamp(0, width - 1), (xl + 1).clamp(0, width - 1))
+    rows = (yt.clamp(0, height - 1) * width, (yt + 1).clamp(0, height - 1) * width)
+    if channels_last:
+        base = (torch.arange(n, device=src.device) * (height * width)).view(n, 1, 1)
+        flat = src.reshape(n * height * width, channels)
+    else:
+        flat = src.reshape(n, channels, height * width)
+    values = coverage = None
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):  # nw, ne, sw, se
+        if channels_last:
+            weight = (wy[dy] * wx[dx]).unsqueeze(-1)  # [N,h,w,1]
+            index = (base + rows[dy] + cols[dx]).reshape(-1)
+            tap = flat.index_select(0, index).view(*ix.shape, channels).float()  # [N,h,w,C]
+        else:
+            weight = (wy[dy] * wx[dx]).unsqueeze(1)  # [N,1,h,w]
+            index = (rows[dy] + cols[dx]).reshape(n, 1, -1).expand(n, channels, -1)
+            tap = torch.gather(flat, 2, index).view(n, channels, *ix.shape[1:]).float()  # [N,C,h,w]
+        if values is None:
+            values, coverage = tap * weight, weight
+        else:
+            values = torch.addcmul(values, tap, weight)
+            coverage = coverage + weight
     if fill is not None:
         values = values + (1.0 - coverage) * fill
     return values, coverage
@@ -113,4 +140,4 @@ def warp_affine_hwc(
     n, height, width, _ = src.shape
     zeros = torch.zeros(n, dtype=torch.long, device=src.device)
     ix, iy = source_coords(matrix.to(src.device), (height, width), dsize, zeros, zeros, dsize)
-    return sample_bilinear_hwc(src, ix, iy, fill)[0]
+    return sample_bilinear(src, ix, iy, fill, channels_last=True)[0]

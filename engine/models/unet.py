@@ -96,12 +96,14 @@ class LatentSyncUNet(nn.Module):
 
     def _time_act(self, timestep: torch.Tensor | int | float, batch: int, device: torch.device) -> torch.Tensor:
         """SiLU(time embedding) [B, T] in the module dtype; sinusoids in fp32."""
-        t = torch.as_tensor(timestep, device=device).reshape(-1).expand(batch)
+        t = timestep.to(device) if isinstance(timestep, torch.Tensor) else torch.tensor(timestep, device=device)
+        t = t.reshape(-1).expand(batch)
         proj = timestep_embedding(t, self.cfg.block_out_channels[0], self.cfg.flip_sin_to_cos, self.cfg.freq_shift)
         return F.silu(self.time_embedding(proj.to(self.time_embedding.linear_1.weight.dtype)))
 
     def _prepare(self, sample, timestep, encoder_hidden_states):  # noqa: ANN001, ANN202
-        self._check_inputs(sample, timestep, encoder_hidden_states)
+        if not torch.jit.is_tracing():  # shape checks are trace-time constants; keep ONNX traces clean
+            self._check_inputs(sample, timestep, encoder_hidden_states)
         b, _, f = sample.shape[:3]
         if self.cfg.center_input_sample:
             sample = 2 * sample - 1.0
@@ -149,8 +151,9 @@ class LatentSyncUNet(nn.Module):
     def forward_shallow(self, sample: torch.Tensor, timestep: torch.Tensor | int | float,
                         encoder_hidden_states: torch.Tensor, deep_feature: torch.Tensor) -> torch.Tensor:
         """DeepCache shallow step: noise from a cached deep feature [B,C0,F,H,W] and fresh temb/conv_in."""
-        expect(deep_feature.ndim == 5 and deep_feature.shape[0] == sample.shape[0]
-               and deep_feature.shape[2:] == sample.shape[2:], InvalidInputError, "unet deep_feature shape",
-               f"[{sample.shape[0]}, C, {', '.join(str(s) for s in sample.shape[2:])}]", tuple(deep_feature.shape))
+        if not torch.jit.is_tracing():
+            expected = (sample.shape[0], self.up_blocks[-1].resnets[-1].conv2.out_channels, *sample.shape[2:])
+            expect(tuple(deep_feature.shape) == expected, InvalidInputError, "unet deep_feature shape",
+                   list(expected), tuple(deep_feature.shape))
         x_in, temb_act, context, f = self._prepare(sample, timestep, encoder_hidden_states)
         return self._last_layer(_fold_frames(deep_feature), x_in, temb_act, context, f)

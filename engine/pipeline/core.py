@@ -102,8 +102,6 @@ class LipSyncCore:
 
     def __init__(self, *, unet, vae, audio_encoder, resolution: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
-        from engine.face import load_fixed_mask
-
         self.unet = unet
         self.vae = vae
         self.audio_encoder = audio_encoder
@@ -111,10 +109,9 @@ class LipSyncCore:
         self.device = torch.device(device)
         self.dtype = dtype
         self.latent_size = self.resolution // 8
-        self.mask = load_fixed_mask(self.resolution)
 
     def new_aligner(self):
-        from engine.face import FaceAligner
+        from engine.face.align import FaceAligner
 
         return FaceAligner(self.resolution)
 
@@ -202,7 +199,7 @@ class LipSyncCore:
     def _generate(self, items: list[SourceItem], audio_embeds: torch.Tensor, config: SyncConfig,
                   init_noise: torch.Tensor, generator: torch.Generator, timer: StageTimer) -> torch.Tensor:
         """Pasted faces [f,3,R,R] in [-1,1]-ish (not clamped) for items that all have a face."""
-        from engine.face import mask_to_latent, prepare_masks_and_masked_images
+        from engine.face.mask import mask_to_latent, prepare_masks_and_masked_images
         from engine.models.vae import posterior_sample, vae_decode, vae_encode
         from engine.scheduler import denoise
 

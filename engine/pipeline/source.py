@@ -47,14 +47,19 @@ class SourceCursor:
     """
 
     def __init__(self, frames: Iterable, faces, aligner, *, num_output: int | None = None,
-                 num_source_estimate: int | None = None, timer=None) -> None:
+                 num_source_estimate: int | None = None, timer=None, keep_frames: bool = True) -> None:
         from engine.pipeline.core import StageTimer
 
         self._frames = iter(frames)
         self._faces = faces
         self._aligner = aligner
         self._timer = timer or StageTimer()
-        self._keep_from = 0 if num_output is None else first_source_needed_again(num_output, num_source_estimate)
+        if not keep_frames:  # single forward pass (avatar preparation): nothing is revisited
+            self._keep_from = float("inf")
+        elif num_output is None:
+            self._keep_from = 0
+        else:
+            self._keep_from = first_source_needed_again(num_output, num_source_estimate)
         self._store = FrameStore()
         self._matrices: dict[int, np.ndarray | None] = {}
         self.num_source: int | None = None  # T, known once the frames run out

@@ -6,6 +6,8 @@ import hashlib
 import io
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 import urllib.request
 import zipfile
@@ -18,6 +20,7 @@ log = logging.getLogger(__name__)
 
 CACHE_ENV = "LATENTSYNC_ENGINE_CACHE"
 DOWNLOAD_TIMEOUT_S = 60
+PIP_TIMEOUT_S = 600
 RANGE_BLOCK = 1 << 18  # bytes per HTTP range request when reading single members of a remote wheel
 
 
@@ -28,6 +31,7 @@ class ModelFile:
     name: str  # cache-relative path
     sha256: str
     size: int | None = None
+    also_at: tuple[str, ...] = ()  # other places a user may already have it (~ expanded; used if the hash matches)
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class Archive:
     sha256: str | None  # of the whole archive, checked when it is downloaded whole
     members: dict[str, ModelFile]
     license: str
+    pip_args: tuple[str, ...] = ()  # last resort: `pip download <args>` (honours the user's pip index and proxy)
 
 
 # mediapipe 0.10.21 (Apache-2.0): BlazeFace short range and the 468-point FaceMesh. The .tflite files are the
@@ -54,14 +59,19 @@ MEDIAPIPE_WHEEL = Archive(
     members={"mediapipe/modules/face_detection/face_detection_short_range.tflite": MEDIAPIPE_DETECTOR,
              "mediapipe/modules/face_landmark/face_landmark.tflite": MEDIAPIPE_MESH},
     license="Apache-2.0 (mediapipe)",
+    pip_args=("mediapipe==0.10.21", "--no-deps", "--only-binary=:all:", "--python-version", "3.11",
+              "--platform", "manylinux_2_28_x86_64"),
 )
 
 # InsightFace buffalo_l (the official LatentSync detector): SCRFD-10GF and the 106-point landmark model.
 # The pack's licence allows non-commercial research use only; it is fetched on first use, never bundled.
+_BUFFALO_ELSEWHERE = ("~/.insightface/models/buffalo_l", "checkpoints/auxiliary/models/buffalo_l")  # insightface, LatentSync
 INSIGHTFACE_DETECTOR = ModelFile("buffalo_l/det_10g.onnx",
-                                 "5838f7fe053675b1c7a08b633df49e7af5495cee0493c7dcf6697200b85b5b91", 16923827)
+                                 "5838f7fe053675b1c7a08b633df49e7af5495cee0493c7dcf6697200b85b5b91", 16923827,
+                                 tuple(f"{d}/det_10g.onnx" for d in _BUFFALO_ELSEWHERE))
 INSIGHTFACE_LANDMARK = ModelFile("buffalo_l/2d106det.onnx",
-                                 "f001b856447c413801ef5c42091ed0cd516fcd21f2d6b79635b1e733a7109dbf", 5030888)
+                                 "f001b856447c413801ef5c42091ed0cd516fcd21f2d6b79635b1e733a7109dbf", 5030888,
+                                 tuple(f"{d}/2d106det.onnx" for d in _BUFFALO_ELSEWHERE))
 INSIGHTFACE_PACK = Archive(
     urls=("https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",),
     sha256=None,  # members are checked one by one
@@ -95,9 +105,20 @@ def verified(path: Path, model: ModelFile) -> Path:
 
 
 def cached(model: ModelFile, root: Path | None = None) -> Path | None:
-    """The cached, hash-checked file, or None when absent. A present file with a wrong hash raises."""
+    """The cached, hash-checked file (or a matching copy the user already has), None when absent.
+
+    A cache file with a wrong hash raises; a copy elsewhere with a wrong hash is only skipped (it is not ours).
+    """
     path = (root or cache_dir()) / model.name
-    return verified(path, model) if path.exists() else None
+    if path.exists():
+        return verified(path, model)
+    for other in model.also_at:
+        candidate = Path(other).expanduser()
+        if candidate.is_file():
+            if sha256_of(candidate) == model.sha256:
+                return candidate
+            log.warning("%s: sha256 differs from %s %s; not used", candidate, model.name, model.sha256)
+    return None
 
 
 def ensure(model: ModelFile, archive: Archive, *, root: Path | None = None, offline: bool = False) -> Path:
@@ -119,20 +140,34 @@ def fetch_members(archive: Archive, root: Path) -> None:
     for url in archive.urls:
         try:
             with _open_zip(url, archive.sha256) as zf:
-                for member, model in archive.members.items():
-                    if (root / model.name).is_file():
-                        continue
-                    try:
-                        data = zf.read(member)
-                    except KeyError:
-                        raise CheckpointError(f"{url}: expected member {member}, found none") from None
-                    _write_checked(root / model.name, data, model, source=f"{url}!{member}")
+                _extract(zf, archive, root, url)
             return
         except CheckpointError:
             raise
-        except (OSError, zipfile.BadZipFile, ValueError) as exc:  # network or format trouble: try the next URL
+        except (OSError, zipfile.BadZipFile, ValueError) as exc:  # network or format trouble: try the next way
             errors.append(f"{url}: {type(exc).__name__}: {exc}")
+    if archive.pip_args:
+        with tempfile.TemporaryDirectory() as tmp:
+            command = [sys.executable, "-m", "pip", "download", *archive.pip_args, "-d", tmp, "--quiet"]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False)
+            wheels = sorted(Path(tmp).glob("*.whl"))
+            if done.returncode == 0 and len(wheels) == 1:
+                with _open_zip(str(wheels[0]), archive.sha256) as zf:
+                    _extract(zf, archive, root, str(wheels[0]))
+                return
+            errors.append(f"pip download {archive.pip_args[0]}: exit {done.returncode}: {done.stderr.strip()[-300:]}")
     raise CheckpointError(f"could not fetch {sorted(archive.members)}: " + " | ".join(errors))
+
+
+def _extract(zf: zipfile.ZipFile, archive: Archive, root: Path, source: str) -> None:
+    for member, model in archive.members.items():
+        if (root / model.name).is_file():
+            continue
+        try:
+            data = zf.read(member)
+        except KeyError:
+            raise CheckpointError(f"{source}: expected member {member}, found none") from None
+        _write_checked(root / model.name, data, model, source=f"{source}!{member}")
 
 
 def _write_checked(path: Path, data: bytes, model: ModelFile, *, source: str) -> None:
@@ -157,11 +192,17 @@ def _open_zip(url: str, sha256: str | None) -> zipfile.ZipFile:
         return zipfile.ZipFile(io.BufferedReader(_HttpRangeFile(url), buffer_size=RANGE_BLOCK))
     except _NoRanges:
         pass
+    spool = tempfile.TemporaryFile()  # the whole archive, streamed to disk (buffalo_l is ~280 MB)
+    digest = hashlib.sha256()
     with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:  # noqa: S310 - fixed https URLs
-        blob = response.read()
-    if sha256 is not None and hashlib.sha256(blob).hexdigest() != sha256:
-        raise CheckpointError(f"{url}: expected sha256 {sha256}, found {hashlib.sha256(blob).hexdigest()}")
-    return zipfile.ZipFile(io.BytesIO(blob))
+        for block in iter(lambda: response.read(1 << 20), b""):
+            digest.update(block)
+            spool.write(block)
+    if sha256 is not None and digest.hexdigest() != sha256:
+        spool.close()
+        raise CheckpointError(f"{url}: expected sha256 {sha256}, found {digest.hexdigest()}")
+    spool.seek(0)
+    return zipfile.ZipFile(spool)
 
 
 class _NoRanges(OSError):

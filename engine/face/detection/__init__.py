@@ -1,0 +1,62 @@
+"""Finding the face: landmark sources (InsightFace, mediapipe, track files) and the tracker that keeps one person."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from engine.errors import BackendUnavailableError, CheckpointError, InvalidInputError
+from engine.face.detection.base import (
+    FACEMESH_468_GROUPS,
+    INSIGHTFACE_106_GROUPS,
+    FaceObservation,
+    FaceSource,
+    FaceThresholds,
+    FrameFaces,
+    Rejected,
+    three_points,
+)
+from engine.face.detection.tracking import FaceTrack, FaceTracker, FrameResult, NoFaceRange, TrackerConfig
+
+log = logging.getLogger(__name__)
+
+SOURCE_NAMES = ("auto", "insightface", "mediapipe")
+
+__all__ = [
+    "FACEMESH_468_GROUPS", "INSIGHTFACE_106_GROUPS", "FaceObservation", "FaceSource", "FaceThresholds", "FaceTrack",
+    "FaceTracker", "FrameFaces", "FrameResult", "NoFaceRange", "Rejected", "SOURCE_NAMES", "TrackerConfig",
+    "make_face_source", "three_points",
+]
+
+
+def make_face_source(spec: str, **kw) -> FaceSource:
+    """'insightface' | 'mediapipe' | a track-file path (.json) | 'auto'.
+
+    'auto' takes InsightFace (the official detector) when its model files are already cached and onnxruntime is
+    installed, else mediapipe (Apache-2.0, fetched once from PyPI). Keyword arguments go to the source class.
+    """
+    from engine.face.detection import models
+
+    if spec == "insightface":
+        from engine.face.detection.insightface import InsightFaceSource
+
+        return InsightFaceSource(**kw)
+    if spec == "mediapipe":
+        from engine.face.detection.mediapipe import MediapipeFaceSource
+
+        return MediapipeFaceSource(**kw)
+    if spec == "auto":
+        try:
+            have = all(models.cached(m) is not None for m in (models.INSIGHTFACE_DETECTOR, models.INSIGHTFACE_LANDMARK))
+            if have:
+                return make_face_source("insightface", **kw)
+            why = "its buffalo_l model files are not cached"
+        except (BackendUnavailableError, CheckpointError) as exc:
+            why = str(exc)
+        log.info("face source auto: mediapipe (InsightFace skipped: %s)", why)
+        return make_face_source("mediapipe", **kw)
+    if str(spec).lower().endswith(".json") or Path(str(spec)).is_file():
+        from engine.face.detection.trackfile import TrackFileSource
+
+        return TrackFileSource(spec, **kw)
+    raise InvalidInputError(f"face source: expected one of {SOURCE_NAMES} or a track-file path (.json), found {spec!r}")

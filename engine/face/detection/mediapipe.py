@@ -1,0 +1,259 @@
+"""Offline default face source: mediapipe's BlazeFace + 468-point FaceMesh TFLite models, our own pre/post-processing.
+
+Reproduces mediapipe 0.10.21 `FaceMesh(static_image_mode=True)` on CPU: the short-range detector on the
+letterboxed frame (128x128, [-1,1], zero border), weighted NMS, the ROI from the detection box rotated by the
+eye keypoints and scaled 1.5 (square on the long side), the mesh on that ROI (192x192, [0,1], replicated border)
+and the projection of its points back to the frame. Only `ai_edge_litert` is needed, not mediapipe itself.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from engine.errors import BackendUnavailableError
+from engine.face.detection import models
+from engine.face.detection.base import (
+    FACEMESH_468_GROUPS,
+    Box,
+    FaceObservation,
+    FaceThresholds,
+    FrameFaces,
+    Rejected,
+    check_frame,
+    clamp_box,
+    split_candidates,
+    three_points,
+)
+
+DETECTOR_SIZE = 128  # px, BlazeFace short-range input
+MESH_SIZE = 192  # px, FaceMesh input
+NUM_MESH_POINTS = 468
+ANCHOR_STRIDES = (8, 16, 16, 16)  # SsdAnchorsCalculator: 4 layers; equal strides share one feature map
+ANCHORS_PER_LAYER = 2  # aspect ratio 1.0 + the interpolated scale
+NUM_COORDS = 16  # box (cx, cy, w, h) + 6 keypoints (x, y)
+SCORE_CLIP = 100.0
+MIN_DETECTION_SCORE = 0.5
+NMS_MIN_IOU = 0.3  # weighted NMS merges boxes overlapping more than this
+ROI_SCALE = 1.5
+MIN_PRESENCE = 0.5  # FaceMesh face-presence threshold (sigmoid of the flag output)
+EYE_KEYPOINTS = (0, 1)  # BlazeFace: subject's right eye, left eye -> ROI rotation
+MESH_EYE_POINTS = (33, 263)  # FaceMesh eye corners -> ROI rotation when re-cropping from landmarks
+BOX_SEARCH_SCALE = 2.0  # BlazeFace looks for the face of a given box in a square this many box sizes wide
+
+
+@dataclass(frozen=True)
+class Roi:
+    """A rotated square region of the frame, in pixels (mediapipe NormalizedRect times the frame size)."""
+
+    cx: float
+    cy: float
+    width: float
+    height: float
+    rotation: float  # radians, clockwise on screen
+
+    def tensor_to_image(self, size: int) -> np.ndarray:
+        """[2,3] affine from tensor pixels (0..size) to frame pixels, as mediapipe's ImageToTensor corner mapping."""
+        c, s = math.cos(self.rotation), math.sin(self.rotation)
+        sx, sy = self.width / size, self.height / size
+        return np.array(
+            [[c * sx, -s * sy, self.cx - c * self.width / 2 + s * self.height / 2],
+             [s * sx, c * sy, self.cy - s * self.width / 2 - c * self.height / 2]], dtype=np.float64)
+
+
+def ssd_anchors() -> np.ndarray:
+    """[896,2] anchor centres (x, y) in [0,1]; fixed anchor size 1 (SsdAnchorsCalculator of BlazeFace short range)."""
+    centres, layer = [], 0
+    while layer < len(ANCHOR_STRIDES):
+        stride, last = ANCHOR_STRIDES[layer], layer
+        while last < len(ANCHOR_STRIDES) and ANCHOR_STRIDES[last] == stride:
+            last += 1
+        per_cell = ANCHORS_PER_LAYER * (last - layer)
+        cells = math.ceil(DETECTOR_SIZE / stride)
+        ys, xs = np.meshgrid(np.arange(cells), np.arange(cells), indexing="ij")
+        grid = np.stack([(xs + 0.5) / cells, (ys + 0.5) / cells], axis=-1).reshape(-1, 1, 2)  # [cells^2,1,2]
+        centres.append(np.repeat(grid, per_cell, axis=1).reshape(-1, 2))
+        layer = last
+    return np.concatenate(centres).astype(np.float32)
+
+
+def decode_detections(raw: np.ndarray, logits: np.ndarray, anchors: np.ndarray, min_score: float = MIN_DETECTION_SCORE):
+    """raw [896,16], logits [896] -> (boxes [n,4] xmin,ymin,xmax,ymax, keypoints [n,6,2], scores [n]) in [0,1]."""
+    scores = 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -SCORE_CLIP, SCORE_CLIP)))
+    keep = scores >= min_score
+    raw, anchors, scores = raw[keep] / DETECTOR_SIZE, anchors[keep], scores[keep]
+    cx, cy = raw[:, 0] + anchors[:, 0], raw[:, 1] + anchors[:, 1]
+    w, h = raw[:, 2], raw[:, 3]
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+    keypoints = raw[:, 4:].reshape(-1, 6, 2) + anchors[:, None, :]
+    return boxes, keypoints, scores
+
+
+def weighted_nms(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, iou: float = NMS_MIN_IOU):
+    """mediapipe WEIGHTED non-max suppression: each kept box is the score-weighted mean of its overlapping group."""
+    order = list(np.argsort(-scores, kind="stable"))
+    out = []
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    while order:
+        top = order[0]
+        ix = np.clip(np.minimum(boxes[order, 2], boxes[top, 2]) - np.maximum(boxes[order, 0], boxes[top, 0]), 0, None)
+        iy = np.clip(np.minimum(boxes[order, 3], boxes[top, 3]) - np.maximum(boxes[order, 1], boxes[top, 1]), 0, None)
+        inter = ix * iy
+        overlap = inter / np.maximum(area[order] + area[top] - inter, 1e-12)
+        group = [o for o, v in zip(order, overlap) if v > iou] or [top]
+        weights = scores[group][:, None]
+        total = weights.sum()
+        out.append(((boxes[group] * weights).sum(0) / total,
+                    (keypoints[group] * weights[:, :, None]).sum(0) / total, float(scores[top])))
+        order = [o for o, v in zip(order, overlap) if not v > iou and o != top]
+    return out
+
+
+def roi_from_box(box: Box, keypoints: np.ndarray | None) -> Roi:
+    """DetectionsToRects (+ rotation from two keypoints, pixels) then RectTransformation(scale 1.5, square_long)."""
+    x1, y1, x2, y2 = box
+    rotation = 0.0
+    if keypoints is not None:
+        (ax, ay), (bx, by) = keypoints
+        rotation = _normalize_radians(-math.atan2(-(by - ay), bx - ax))
+    side = max(x2 - x1, y2 - y1) * ROI_SCALE
+    return Roi((x1 + x2) / 2, (y1 + y2) / 2, side, side, rotation)
+
+
+def _normalize_radians(angle: float) -> float:
+    return angle - 2 * math.pi * math.floor((angle + math.pi) / (2 * math.pi))
+
+
+class MediapipeFaceSource:
+    """`FaceSource` over the two mediapipe TFLite models (run by ai_edge_litert)."""
+
+    name = "mediapipe"
+
+    def __init__(self, *, detector_path: str | Path | None = None, mesh_path: str | Path | None = None,
+                 thresholds: FaceThresholds = FaceThresholds(), num_threads: int | None = None,
+                 offline: bool = False) -> None:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                "mediapipe face source: expected the ai-edge-litert package (pip install ai-edge-litert), "
+                f"found {type(exc).__name__}: {exc}") from exc
+        detector_path = detector_path or models.ensure(models.MEDIAPIPE_DETECTOR, models.MEDIAPIPE_WHEEL, offline=offline)
+        mesh_path = mesh_path or models.ensure(models.MEDIAPIPE_MESH, models.MEDIAPIPE_WHEEL, offline=offline)
+        self.thresholds = thresholds
+        self._detector = _Model(Interpreter, detector_path, num_threads)
+        self._mesh = _Model(Interpreter, mesh_path, num_threads)
+        self._anchors = ssd_anchors()
+
+    # -- FaceSource -------------------------------------------------------------------------------------------
+    def detect(self, frame_index: int, rgb: np.ndarray) -> FaceObservation | None:
+        return self.detect_all(frame_index, rgb).chosen()
+
+    def detect_all(self, frame_index: int, rgb: np.ndarray) -> FrameFaces:
+        width, height = check_frame(rgb)
+        candidates, absent = [], []
+        for box, keypoints, score in self.detect_boxes(rgb):
+            mesh = self.mesh(rgb, roi_from_box(box, keypoints[list(EYE_KEYPOINTS)]))
+            if mesh is None:
+                absent.append(Rejected(clamp_box(box, width, height), score, "face mesh found no face in the box"))
+            else:
+                candidates.append((_points_box(mesh), score, mesh))
+        faces = split_candidates(candidates, self.thresholds, width, height, self._observation)
+        return FrameFaces(faces.faces, faces.rejected + tuple(absent))
+
+    def landmarks_in_box(self, rgb: np.ndarray, box: Box, landmarks: np.ndarray | None = None) -> FaceObservation | None:
+        """The mesh of the face in a given box, no thresholds; None without a face there.
+
+        The mesh is sensitive to its ROI (10 % more scale moves the points ~10 px on a 300 px face), so the ROI is
+        built as after detection: from the full-frame BlazeFace face whose centre lies in the box, else from
+        BlazeFace on a square twice the box size, else from the box (and the previous mesh when given).
+        """
+        width, height = check_frame(rgb)
+        x1, y1, x2, y2 = box
+        cx, cy, side = (x1 + x2) / 2, (y1 + y2) / 2, BOX_SEARCH_SCALE * max(x2 - x1, y2 - y1)
+        detections = [d for d in self.detect_boxes(rgb) if _centre_in(d[0], box)]
+        detections = detections or self.detect_boxes(rgb, Roi(cx, cy, side, side, 0.0))
+        if detections:
+            b, k, _ = min(detections, key=lambda d: math.dist(((d[0][0] + d[0][2]) / 2, (d[0][1] + d[0][3]) / 2),
+                                                              (cx, cy)))
+            mesh = self.mesh(rgb, roi_from_box(b, k[list(EYE_KEYPOINTS)]))
+        else:
+            if landmarks is None or len(landmarks) != NUM_MESH_POINTS:
+                landmarks = self.mesh(rgb, roi_from_box(box, None))
+                if landmarks is None:
+                    return None
+            mesh = self.mesh(rgb, roi_from_box(_points_box(landmarks), landmarks[list(MESH_EYE_POINTS)]))
+        if mesh is None:
+            return None
+        return self._observation(clamp_box(_points_box(mesh), width, height), 1.0, mesh)
+
+    # -- stages -----------------------------------------------------------------------------------------------
+    def detect_boxes(self, rgb: np.ndarray, roi: Roi | None = None) -> list[tuple[Box, np.ndarray, float]]:
+        """BlazeFace on the letterboxed frame (or a square ROI) -> [(box px, keypoints [6,2] px, score)], NMS-ed."""
+        if roi is None:
+            height, width = rgb.shape[:2]
+            side = float(max(width, height))  # ImageToTensor keep_aspect_ratio: pad the ROI to a square
+            roi = Roi(width / 2, height / 2, side, side, 0.0)
+        tensor = _warp(rgb, roi, DETECTOR_SIZE, cv2.BORDER_CONSTANT) * (2.0 / 255.0) - 1.0
+        outputs = self._detector.run(tensor)  # regressors [1,896,16], classificators [1,896,1]
+        raw = next(o for o in outputs if o.shape[-1] == NUM_COORDS)
+        logits = next(o for o in outputs if o.shape[-1] == 1)
+        boxes, keypoints, scores = decode_detections(raw.reshape(-1, NUM_COORDS), logits.reshape(-1), self._anchors)
+        m = roi.tensor_to_image(1)
+        out = []
+        for b, k, s in weighted_nms(boxes, keypoints, scores):
+            corners = np.array([[b[0], b[1]], [b[2], b[3]]]) @ m[:, :2].T + m[:, 2]
+            out.append((tuple(float(v) for v in corners.reshape(-1)), k @ m[:, :2].T + m[:, 2], s))
+        return out
+
+    def mesh(self, rgb: np.ndarray, roi: Roi) -> np.ndarray | None:
+        """FaceMesh on a rotated ROI -> [468,2] frame pixels (float), or None when the presence flag is low."""
+        tensor = _warp(rgb, roi, MESH_SIZE, cv2.BORDER_REPLICATE) * (1.0 / 255.0)
+        outputs = self._mesh.run(tensor)
+        points = next(o for o in outputs if o.size == NUM_MESH_POINTS * 3).reshape(NUM_MESH_POINTS, 3)[:, :2]
+        flag = next(o for o in outputs if o.size == 1).item()
+        if 1.0 / (1.0 + math.exp(-max(min(flag, SCORE_CLIP), -SCORE_CLIP))) < MIN_PRESENCE:
+            return None
+        m = roi.tensor_to_image(MESH_SIZE)
+        return points.astype(np.float64) @ m[:, :2].T + m[:, 2]
+
+    @staticmethod
+    def _observation(box: Box, score: float, mesh: np.ndarray) -> FaceObservation:
+        return FaceObservation(three_points(mesh, FACEMESH_468_GROUPS), box, score, mesh.astype(np.float32))
+
+
+def _centre_in(inner: Box, outer: Box) -> bool:
+    x, y = (inner[0] + inner[2]) / 2, (inner[1] + inner[3]) / 2
+    return outer[0] <= x <= outer[2] and outer[1] <= y <= outer[3]
+
+
+def _points_box(points: np.ndarray) -> Box:
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    return (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
+
+
+def _warp(rgb: np.ndarray, roi: Roi, size: int, border: int) -> np.ndarray:
+    """The ROI resampled to [1,size,size,3] float32 (bilinear, like mediapipe's OpenCV converter)."""
+    m = roi.tensor_to_image(size)
+    out = cv2.warpAffine(np.ascontiguousarray(rgb), m, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                         borderMode=border, borderValue=(0, 0, 0))
+    return out.astype(np.float32)[None]
+
+
+class _Model:
+    """One TFLite interpreter with fixed input/output order."""
+
+    def __init__(self, interpreter_cls, path, num_threads: int | None) -> None:
+        self.interpreter = interpreter_cls(model_path=str(path), num_threads=num_threads)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]["index"]
+        self.outputs = [d["index"] for d in self.interpreter.get_output_details()]
+
+    def run(self, tensor: np.ndarray) -> list[np.ndarray]:
+        self.interpreter.set_tensor(self.input, np.ascontiguousarray(tensor, dtype=np.float32))
+        self.interpreter.invoke()
+        return [self.interpreter.get_tensor(i) for i in self.outputs]

@@ -1,0 +1,117 @@
+"""Load the audio track of any container as float32 mono at 16 kHz, the way the official Whisper path does.
+
+Every input goes through FFmpeg's resampler (PyAV AudioResampler) to signed 16-bit mono at the
+target rate, and is returned as int16 / 32768 (float32), the official `ffmpeg ... -f s16le -ac 1
+-ar 16000` load. A 16 kHz mono s16 WAV therefore comes back bit-for-bit. Channels are downmixed
+with FFmpeg's default matrix.
+
+Length policy (R7, R8): the result has the decoded duration at the new rate, N * rate / source_rate
+samples within one sample. Codec padding at the end (an AAC or MP3 frame's tail) is trimmed to the
+stream's declared duration when the excess is at most one codec frame; MP4 files state that
+duration to the container's movie timescale (1 ms by default, so <= 16 samples at 16 kHz; exact
+for files written by VideoWriter). Leading silence is not inserted when the audio stream starts
+after the video (MediaInfo.audio.start_s says by how much).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+
+import av
+import numpy as np
+
+from engine.constants import SAMPLE_RATE
+from engine.errors import InvalidInputError, MediaDecodeError, expect
+from engine.media.probe import MediaLimits, configure_decoder, iter_decoded, open_input, probe, stream_name
+
+INT16_SCALE = 32768.0  # int16 -> float: x / 32768, the official Whisper load
+FLOAT_SAMPLE_FORMATS = frozenset({"flt", "fltp", "dbl", "dblp"})
+TRUNCATION_TOLERANCE = 0.05  # decoded audio may fall this fraction short of the declared duration ...
+TRUNCATION_TOLERANCE_S = 0.02  # ... or this many seconds, or two codec frames, whichever is largest
+WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)  # data-chunk sizes written by streaming encoders that did not finish
+
+
+def load_audio(path: str | os.PathLike, *, sample_rate: int = SAMPLE_RATE,
+               limits: MediaLimits = MediaLimits()) -> np.ndarray:
+    """Return the first audio stream of `path` as float32 mono [S] at `sample_rate` (module docstring).
+
+    Raises InvalidInputError for no audio stream, limits, NaN/Inf samples or zero samples, and
+    MediaDecodeError (naming the stream) for truncated or corrupt data.
+    """
+    expect(isinstance(sample_rate, int) and limits.min_sample_rate <= sample_rate <= limits.max_sample_rate,
+           InvalidInputError, "sample_rate", f"an int in {limits.min_sample_rate}..{limits.max_sample_rate}",
+           sample_rate)
+    info = probe(path, limits=limits, require_audio=True, decode_check=False)
+    a = info.audio
+    if info.format == "wav":
+        _check_wav_size(info.path, a)
+    with open_input(path, limits=limits) as container:
+        stream = container.streams[a.index]
+        configure_decoder(stream, limits)
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
+        chunks: list[np.ndarray] = []
+        decoded = 0  # samples at the source rate
+        for _, frame in iter_decoded(container, stream):
+            if frame.format.name in FLOAT_SAMPLE_FORMATS:
+                _check_finite(frame, path, stream)
+            decoded += frame.samples
+            chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
+        chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
+        codec_frame = stream.codec_context.frame_size or 0
+        _check_complete(decoded, a, codec_frame, path)
+    pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)  # [S] int16
+    pcm = _trim_codec_padding(pcm, a.duration_s, codec_frame, a.sample_rate, sample_rate)
+    expect(pcm.size > 0, InvalidInputError, f"{path}: {a.name}", "at least one audio sample",
+           "zero-length audio")
+    return pcm.astype(np.float32) / np.float32(INT16_SCALE)
+
+
+def _check_finite(frame: av.AudioFrame, path, stream) -> None:
+    samples = frame.to_ndarray()
+    if not np.isfinite(samples).all():
+        t = float(frame.time) if frame.time is not None else float("nan")
+        raise InvalidInputError(f"{path}: {stream_name(stream)}: expected finite samples, found NaN/Inf "
+                                f"in the frame at {t:.3f} s")
+
+
+def _check_complete(decoded: int, a, codec_frame: int, path) -> None:
+    """MediaDecodeError when the stream ends well before its declared duration (truncated file, R1)."""
+    declared = a.duration_s * a.sample_rate
+    tolerance = max(TRUNCATION_TOLERANCE * declared, TRUNCATION_TOLERANCE_S * a.sample_rate, 2 * codec_frame)
+    if a.duration_s > 0 and declared - decoded > tolerance:
+        raise MediaDecodeError(f"{path}: {a.name}: expected {a.duration_s:.3f} s of audio as declared, found "
+                               f"{decoded / a.sample_rate:.3f} s (truncated file)")
+
+
+def _check_wav_size(path: str, a) -> None:
+    """A WAV whose data chunk is cut short decodes silently; compare its header with the file size."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return
+            kind, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if kind == b"data":
+                present = os.fstat(f.fileno()).st_size - f.tell()
+                if size not in WAV_UNKNOWN_SIZES and present < size:
+                    raise MediaDecodeError(f"{path}: {a.name}: expected {size} bytes of samples as the WAV "
+                                           f"header declares, found {present} (truncated file)")
+                return
+            f.seek(size + (size & 1), os.SEEK_CUR)
+
+
+def _trim_codec_padding(pcm: np.ndarray, declared_s: float, codec_frame: int, source_rate: int,
+                        rate: int) -> np.ndarray:
+    """Drop the padded tail of the last codec frame, if the container declares a shorter duration."""
+    if declared_s <= 0 or codec_frame <= 0:
+        return pcm
+    expected = round(declared_s * rate)
+    excess = pcm.size - expected
+    if 0 < excess <= math.ceil((codec_frame + 1) * rate / source_rate):
+        return pcm[:expected]
+    return pcm

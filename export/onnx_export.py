@@ -1,0 +1,196 @@
+"""ONNX export of one network by spec name, with a manifest that says whether a file is still current."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.errors import IncompatibleEngineError, InvalidInputError, expect
+from export.artifacts import (
+    describe_differences,
+    differing_fields,
+    onnx_data_path,
+    onnx_sha256,
+    read_manifest,
+    stable_key,
+    weights_sha256,
+    write_manifest,
+)
+from export.locking import file_lock
+from export.specs import ShapeSettings, get_spec
+from export.wrappers import geometry_for_network, module_device, module_dtype, wrap
+
+log = logging.getLogger(__name__)
+
+OPSET = 18  # LayerNormalization (17+) keeps TensorRT's normalisation layers in FP32
+IR_VERSION = 10  # onnxruntime-gpu builds accept IR <= 10 broadly (<= 13 for recent ones)
+EXPORT_FORMAT = 1  # bump when the exported graph's meaning changes
+EXTERNAL_DATA_BYTES = 1 << 30  # above this much tensor data, weights go to <name>.onnx.data (protobuf caps at 2 GiB)
+_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    expect(dtype in _DTYPE_NAMES, InvalidInputError, "export dtype", sorted(_DTYPE_NAMES.values()), dtype)
+    return _DTYPE_NAMES[dtype]
+
+
+def onnx_filename(network: str, dtype: torch.dtype = torch.float32) -> str:
+    """'unet.onnx' for fp32 graphs, 'unet.fp16.onnx' otherwise."""
+    name = dtype_name(dtype)
+    return f"{network}.onnx" if name == "fp32" else f"{network}.{name}.onnx"
+
+
+def export_fields(network: str, dtype: torch.dtype, weights_hash: str, *, opset: int = OPSET, ir_version: int = IR_VERSION) -> dict[str, Any]:
+    """The manifest fields that decide whether an exported file still matches (network, weights, graph format)."""
+    spec = get_spec(network)
+    return {
+        "format": EXPORT_FORMAT,
+        "network": network,
+        "dtype": dtype_name(dtype),
+        "opset": opset,
+        "ir_version": ir_version,
+        "weights_sha256": weights_hash,
+        "spec_key": stable_key({"inputs": spec.inputs, "outputs": spec.outputs}),
+    }
+
+
+def export_onnx(
+    network: str,
+    module: nn.Module,
+    out_dir: str | os.PathLike,
+    *,
+    opset: int = OPSET,
+    ir_version: int = IR_VERSION,
+    settings: ShapeSettings | None = None,
+    weights_hash: str | None = None,
+) -> Path:
+    """Export `network` (a name in export.specs.SPECS) from an already loaded module; returns the .onnx path.
+
+    `module` is the LatentSyncUNet for 'unet' / 'unet_shallow', the AutoencoderKL for 'vae_encoder' /
+    'vae_decoder' and the whisper encoder for 'audio_encoder'. The graph keeps the module's dtype and device;
+    the file passes onnx.checker and carries a manifest (`<file>.json`) with its sha256.
+    """
+    get_spec(network)  # unknown names fail before any work
+    dtype = module_dtype(module)
+    target = Path(out_dir) / onnx_filename(network, dtype)
+    with file_lock(target):
+        return _export_locked(network, module, target, opset=opset, ir_version=ir_version, settings=settings,
+                              weights_hash=weights_hash)
+
+
+def _export_locked(network: str, module: nn.Module, target: Path, *, opset: int = OPSET, ir_version: int = IR_VERSION,
+                   settings: ShapeSettings | None = None, weights_hash: str | None = None) -> Path:
+    """Export under the caller's lock on `target`: trace into a temp dir, finalise, move into place, check."""
+    spec = get_spec(network)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    dtype, device = module_dtype(module), module_device(module)
+    wrapper = wrap(network, module)
+    geometry = geometry_for_network(network, module)
+    inputs = spec.sample_inputs(geometry, settings, dtype=dtype, device=device)
+    fields = export_fields(network, dtype, weights_hash or weights_sha256(module), opset=opset, ir_version=ir_version)
+    with tempfile.TemporaryDirectory(prefix=f".{network}-", dir=target.parent) as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        with torch.no_grad():
+            torch.onnx.export(
+                wrapper,
+                tuple(inputs.values()),
+                str(raw),
+                input_names=list(spec.input_names),
+                output_names=list(spec.output_names),
+                dynamic_axes=spec.dynamic_axes(),
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        staged = Path(tmp) / target.name
+        _finalise(raw, staged, network=network, ir_version=ir_version)
+        # Data file first, graph second, manifest last: a crash in between leaves a file whose manifest is stale.
+        staged_data = onnx_data_path(staged)
+        if staged_data.exists():
+            os.replace(staged_data, onnx_data_path(target))
+        else:
+            onnx_data_path(target).unlink(missing_ok=True)
+        os.replace(staged, target)
+    check_onnx(target, ir_version=ir_version)
+    write_manifest(target, {**fields, **_file_stats(target), "onnx_sha256": onnx_sha256(target),
+                            "inputs": list(spec.input_names), "outputs": list(spec.output_names),
+                            "dynamic_axes": spec.dynamic_axes(), "torch_version": torch.__version__})
+    log.info("exported %s -> %s", network, target)
+    return target
+
+
+def _finalise(raw: Path, dest: Path, *, network: str, ir_version: int) -> None:
+    """Pin the IR version, tag the graph, and write it as one file (plus one .data file for large weights)."""
+    import onnx
+
+    model = onnx.load(str(raw), load_external_data=True)
+    model.ir_version = ir_version
+    model.producer_name = "latentsync-engine"
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "network", network
+    large = sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
+    if large:
+        onnx.save_model(model, str(dest), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=onnx_data_path(dest).name, size_threshold=1024)
+    else:
+        onnx.save_model(model, str(dest))
+
+
+def check_onnx(path: Path, *, ir_version: int = IR_VERSION) -> None:
+    """onnx.checker on the file (by path, so external data works) and the pinned IR version."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as exc:
+        raise IncompatibleEngineError(f"ONNX file {path}: expected a valid model, found: {exc}") from exc
+    found = onnx.load(str(path), load_external_data=False).ir_version
+    expect(found == ir_version, IncompatibleEngineError, f"ONNX IR version of {path}", ir_version, found)
+
+
+def _file_stats(path: Path) -> dict[str, Any]:
+    files = [path] + ([onnx_data_path(path)] if onnx_data_path(path).exists() else [])
+    return {"file_stats": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]}
+
+
+def cached_onnx_sha256(path: Path) -> str:
+    """The ONNX sha256 from its manifest when the files are untouched since export; otherwise recomputed."""
+    manifest = read_manifest(path) or {}
+    if manifest.get("onnx_sha256") and manifest.get("file_stats") == _file_stats(path)["file_stats"]:
+        return str(manifest["onnx_sha256"])
+    return onnx_sha256(path)
+
+
+def stale_reason(path: Path, expected: dict[str, Any]) -> str | None:
+    """Why the ONNX file at `path` cannot be reused for `expected` export fields, or None when it can."""
+    if not path.exists():
+        return "not exported yet"
+    manifest = read_manifest(path)
+    if manifest is None:
+        return "no manifest beside it"
+    diffs = differing_fields(expected, manifest)
+    if diffs:
+        return describe_differences(diffs)
+    if manifest.get("file_stats") != _file_stats(path)["file_stats"]:
+        return "files changed since export (size or mtime)"
+    return None
+
+
+def ensure_onnx(network: str, module: nn.Module, out_dir: str | os.PathLike, *, weights_hash: str | None = None) -> Path:
+    """Reuse `out_dir`'s ONNX file for `network` when its manifest matches this module; export otherwise."""
+    dtype = module_dtype(module)
+    target = Path(out_dir) / onnx_filename(network, dtype)
+    weights_hash = weights_hash or weights_sha256(module)
+    with file_lock(target):  # a racing export finishes first; then its file is reused
+        reason = stale_reason(target, export_fields(network, dtype, weights_hash))
+        if reason is None:
+            log.debug("reusing %s", target)
+            return target
+        log.info("exporting %s (%s)", network, reason)
+        return _export_locked(network, module, target, weights_hash=weights_hash)
