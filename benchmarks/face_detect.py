@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -96,6 +97,18 @@ def speed(source, frames: list[np.ndarray], repeats: int = 1) -> dict:
             "blazeface_only_ms_per_frame": 1000 * det_only / len(frames)}
 
 
+def scan_clip(source, path: Path) -> dict:
+    """The tracker over a whole clip: how many frames have a face, the no-face ranges, detect time per frame."""
+    from engine.face.detection import FaceTracker
+
+    frames = decode(path, 10**6)
+    t0 = time.perf_counter()
+    track = FaceTracker(source).scan(enumerate(frames))
+    seconds = time.perf_counter() - t0
+    return {"frames": len(frames), "with_face": sum(r.observation is not None for r in track.results),
+            "no_face_ranges": track.no_face_ranges, "scan_ms_per_frame": 1000 * seconds / len(frames)}
+
+
 def main() -> int:
     from engine.face.detection.mediapipe import MediapipeFaceSource
 
@@ -104,8 +117,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
     frames = decode(SHARED / "media" / "demo1_video.mp4", max(args.frames, 32))
-    report = {"frame_size": list(frames[0].shape[1::-1]), "cpu_threads_available": cv2.getNumberOfCPUs()}
+    report = {"frame_size": list(frames[0].shape[1::-1]), "cpu_threads_available": cv2.getNumberOfCPUs(),
+              "load_average_at_start": list(os.getloadavg())}
     report["golden_e2e_demo1"] = golden_comparison(MediapipeFaceSource(num_threads=1), frames)
+    report["scan"] = {name: scan_clip(MediapipeFaceSource(num_threads=1), SHARED / "media" / name)
+                      for name in ("demo1_video.mp4", "demo2_video.mp4")}
     report["speed"] = {str(t): speed(MediapipeFaceSource(num_threads=t), frames[: args.frames]) for t in args.threads}
     out = ROOT / "benchmarks" / "results" / "face_detect.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -119,7 +119,15 @@ def main() -> None:
     t0 = time.perf_counter()
     model = LatentSyncUNet.from_config(cfg).eval().to(args.device)
     build_s = time.perf_counter() - t0
-    rows = []
+    result = {
+        "benchmark": "unet", "config": args.config,
+        "note": "LatentSync 1.5 and 1.6 have the same U-Net; 256 px uses 32x32 latents, 512 px 64x64. "
+                "Random weights. " + args.note,
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
+        "cpu_threads": torch.get_num_threads(), "os_cpus": os.cpu_count(), "torch": torch.__version__,
+        "load_avg_1m_start": round(os.getloadavg()[0], 2), "build_s": round(build_s, 2), "timestep": TIMESTEP, "rows": [],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     for dtype_name in dtypes:
         model.to(DTYPES[dtype_name])
         for mode in args.modes:
@@ -129,18 +137,8 @@ def main() -> None:
                                  size=size, mode=mode, warmup=args.warmup, iters=args.iters,
                                  shallow=not args.no_shallow, compile_mode=args.compile_mode)
                 print(json.dumps(row), flush=True)
-                rows.append(row)
-
-    result = {
-        "benchmark": "unet", "config": args.config,
-        "note": "LatentSync 1.5 and 1.6 have the same U-Net; 256 px uses 32x32 latents, 512 px 64x64. "
-                "Random weights. " + args.note,
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
-        "cpu_threads": torch.get_num_threads(), "os_cpus": os.cpu_count(), "torch": torch.__version__,
-        "build_s": round(build_s, 2), "timestep": TIMESTEP, "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+                result["rows"].append(row)
+                args.out.write_text(json.dumps(result, indent=1))  # after every row: partial runs keep their data
     print(f"wrote {args.out}")
 
 

@@ -121,19 +121,22 @@ def denoise(
     use_cfg = guidance_scale > 1.0
     use_cache = deepcache_interval is not None and deepcache_interval > 1
 
-    conditioning = torch.cat([mask_latents, masked_image_latents, ref_latents], dim=1)  # [1,9,F,h,w]
+    # U-Net input [B,13,F,h,w] = [noisy 4 | mask 1 | masked image 4 | reference 4]; B = 2 with CFG (both
+    # halves get the same latents). The conditioning channels are written once; each step refills 0..3.
+    batch = 2 if use_cfg else 1
+    model_in = torch.empty((batch, 13, *latents.shape[2:]), dtype=latents.dtype, device=latents.device)
+    model_in[:, 4:5] = mask_latents
+    model_in[:, 5:9] = masked_image_latents
+    model_in[:, 9:13] = ref_latents
     if use_cfg:
-        conditioning = torch.cat([conditioning, conditioning])  # [2,9,F,h,w]
         audio_embeds = torch.cat([torch.zeros_like(audio_embeds), audio_embeds])  # [2F,50,C], uncond first
-    conditioning = conditioning.to(latents.dtype)
     audio_embeds = audio_embeds.to(latents.dtype)
 
     deep_feature: Tensor | None = None
     for k, t in enumerate(scheduler.timesteps):
         t_int = int(t)
         timestep = torch.tensor(t_int, dtype=torch.int64, device=latents.device)  # 0-d
-        model_in = torch.cat([latents, latents]) if use_cfg else latents
-        model_in = torch.cat([model_in, conditioning], dim=1)  # [B,13,F,h,w]
+        model_in[:, :4] = latents
         if not use_cache:
             noise = unet.forward(model_in, timestep, audio_embeds)
         elif k % deepcache_interval == 0:

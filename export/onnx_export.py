@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 OPSET = 18  # LayerNormalization (17+) keeps TensorRT's normalisation layers in FP32
 IR_VERSION = 10  # onnxruntime-gpu builds accept IR <= 10 broadly (<= 13 for recent ones)
 EXPORT_FORMAT = 1  # bump when the exported graph's meaning changes
+EXTERNAL_ALIGN = 4096  # byte alignment of tensors in <name>.onnx.data
 EXTERNAL_DATA_BYTES = 1 << 30  # above this much tensor data, weights go to <name>.onnx.data (protobuf caps at 2 GiB)
 _DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -96,7 +98,11 @@ def _export_locked(network: str, module: nn.Module, target: Path, *, opset: int 
     fields = export_fields(network, dtype, weights_hash or weights_sha256(module), opset=opset, ir_version=ir_version)
     with tempfile.TemporaryDirectory(prefix=f".{network}-", dir=target.parent) as tmp:
         raw = Path(tmp) / "raw.onnx"
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # shape checks in the modules are constants for one trace; dynamic axes are verified by tests instead
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+            warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
             torch.onnx.export(
                 wrapper,
                 tuple(inputs.values()),
@@ -128,18 +134,44 @@ def _export_locked(network: str, module: nn.Module, target: Path, *, opset: int 
 def _finalise(raw: Path, dest: Path, *, network: str, ir_version: int) -> None:
     """Pin the IR version, tag the graph, and write it as one file (plus one .data file for large weights)."""
     import onnx
+    from onnx.external_data_helper import uses_external_data
 
-    model = onnx.load(str(raw), load_external_data=True)
+    model = onnx.load(str(raw), load_external_data=False)
     model.ir_version = ir_version
     model.producer_name = "latentsync-engine"
     entry = model.metadata_props.add()
     entry.key, entry.value = "network", network
-    large = sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
-    if large:
+    if any(uses_external_data(t) for t in model.graph.initializer):  # > 2 GiB: torch wrote one file per tensor
+        _gather_external_data(model, raw.parent, onnx_data_path(dest))
+        onnx.save_model(model, str(dest))
+        return
+    onnx.load_external_data_for_model(model, str(raw.parent))
+    if sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_BYTES:
         onnx.save_model(model, str(dest), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=onnx_data_path(dest).name, size_threshold=1024)
     else:
         onnx.save_model(model, str(dest))
+
+
+def _gather_external_data(model, src_dir: Path, data_path: Path) -> None:  # noqa: ANN001 - onnx.ModelProto
+    """Stream every external tensor into one `data_path`, one tensor in memory at a time, and repoint the graph."""
+    from onnx.external_data_helper import uses_external_data
+
+    with open(data_path, "wb") as out:
+        for tensor in model.graph.initializer:
+            if not uses_external_data(tensor):
+                continue
+            info = {e.key: e.value for e in tensor.external_data}
+            with open(src_dir / info["location"], "rb") as src:
+                src.seek(int(info.get("offset", 0)))
+                data = src.read(int(info["length"])) if "length" in info else src.read()
+            out.seek(-out.tell() % EXTERNAL_ALIGN, os.SEEK_CUR)  # aligned offsets allow mmap
+            offset = out.tell()
+            out.write(data)
+            del tensor.external_data[:]
+            for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(len(data)))):
+                item = tensor.external_data.add()
+                item.key, item.value = key, value
 
 
 def check_onnx(path: Path, *, ir_version: int = IR_VERSION) -> None:
@@ -194,3 +226,16 @@ def ensure_onnx(network: str, module: nn.Module, out_dir: str | os.PathLike, *, 
             return target
         log.info("exporting %s (%s)", network, reason)
         return _export_locked(network, module, target, weights_hash=weights_hash)
+
+
+def current_onnx(network: str, module: nn.Module, out_dir: str | os.PathLike, *, allow_export: bool = True) -> Path:
+    """The current ONNX file for `module`: exported when missing or stale, or IncompatibleEngineError if not allowed."""
+    if allow_export:
+        return ensure_onnx(network, module, out_dir)
+    dtype = module_dtype(module)
+    path = Path(out_dir) / onnx_filename(network, dtype)
+    reason = stale_reason(path, export_fields(network, dtype, weights_sha256(module)))
+    if reason is not None:
+        raise IncompatibleEngineError(
+            f"{path.name} in {path.parent}: expected a current export, found: {reason} (run `engine export`)")
+    return path

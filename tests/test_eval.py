@@ -28,7 +28,7 @@ from engine.eval.stable_syncnet import (
     stable_sync_score,
     visual_input,
 )
-from engine.eval.syncnet import SyncNetS, embed_clip, lip_windows, load_syncnet, mfcc_windows
+from engine.eval.syncnet import SyncNetS, lip_windows, load_syncnet, mfcc_windows
 from engine.eval.syncnet_mel import mel_window, melspectrogram, preemphasis
 from engine.eval.weights import load_int8_safetensors, load_state_dict_file, load_strict, load_torch_state_dict
 
@@ -89,22 +89,37 @@ def test_lse_arithmetic_from_stored_embeddings(ev, case):
     assert result.lse_c == pytest.approx(float(g["confidence"]), abs=1e-4)
 
 
-def test_lse_end_to_end_from_crops(ev, syncnet, crops):
-    """Both golden cases through the network: lip embeddings once (they are the same video), audio per case."""
-    case1 = load_file(ev / "lse_case1_sync.safetensors")
-    lip, aud1 = embed_clip(syncnet, crops, syncnet_cc(case1["audio_int16"].numpy()), num_windows(40, 25600))
-    torch.testing.assert_close(lip, case1["lip_embeds"], rtol=0, atol=2e-4)
-    for case, aud in (("lse_case1_sync", aud1), ("lse_case2_audio_shift3", None)):
-        g = load_file(ev / f"{case}.safetensors")
-        if aud is None:
-            with torch.no_grad():
-                aud = syncnet.forward_aud(mfcc_windows(syncnet_cc(g["audio_int16"].numpy()), range(35)))
-        torch.testing.assert_close(aud, g["aud_embeds"], rtol=0, atol=2e-4)
-        result = score_offsets(lip, aud)
-        np.testing.assert_allclose(result.mean_dists, g["mean_dists"].numpy(), rtol=0, atol=1e-4)
-        assert result.av_offset == int(g["av_offset"])
-        assert result.min_dist == pytest.approx(float(g["min_dist"]), abs=1e-4)
-        assert result.confidence == pytest.approx(float(g["confidence"]), abs=1e-4)
+@pytest.mark.parametrize("case", ["lse_case1_sync", "lse_case2_audio_shift3"])
+def test_lse_audio_tower_and_scoring(ev, syncnet, case):
+    """Audio windows through the network -> the stored embeddings and scores (lip side: the SDK test below)."""
+    g = load_file(ev / f"{case}.safetensors")
+    cc = syncnet_cc(g["audio_int16"].numpy())
+    torch.testing.assert_close(cc, g["mfcc_cc_f32"], rtol=0, atol=1e-3)
+    with torch.no_grad():
+        aud = syncnet.forward_aud(mfcc_windows(cc, range(num_windows(40, len(g["audio_int16"])))))
+    torch.testing.assert_close(aud, g["aud_embeds"], rtol=0, atol=2e-4)
+    result = score_offsets(load_file(ev / "lse_case1_sync.safetensors")["lip_embeds"], aud)
+    np.testing.assert_allclose(result.mean_dists, g["mean_dists"].numpy(), rtol=0, atol=1e-4)
+    assert result.av_offset == int(g["av_offset"])
+    assert result.min_dist == pytest.approx(float(g["min_dist"]), abs=1e-4)
+    assert result.confidence == pytest.approx(float(g["confidence"]), abs=1e-4)
+
+
+def test_evaluate_clip_reproduces_golden_lse_from_the_media_files(ev, media, syncnet):
+    """SDK path end to end: decode demo1, box track on frames 0..39, audio segment [0, 25600) -> case 1."""
+    from engine.eval.report import EvalNetworks, evaluate_clip
+
+    boxes = [FIXED_BOX] * 40  # frames 40.. have no box: the track is [0, 40), its audio samples [0, 25600)
+    report = evaluate_clip(media / "demo1_video.mp4", media / "demo1_audio.wav", boxes, EvalNetworks(syncnet))
+    g = load_file(ev / "lse_case1_sync.safetensors")
+    assert report.audio_samples == 153600 and report.face_tracks == [(0, 40)]
+    assert report.stable is None and report.fidelity is None
+    (track,) = report.lse["tracks"]
+    assert (track["start"], track["stop"]) == (0, 40)
+    np.testing.assert_allclose(track["mean_dists"], g["mean_dists"].numpy(), rtol=0, atol=1e-4)
+    assert report.lse["av_offset"] == int(g["av_offset"]) and track["n_windows"] == 35
+    assert report.lse["lse_d"] == pytest.approx(float(g["min_dist"]), abs=1e-4)
+    assert report.lse["lse_c"] == pytest.approx(float(g["confidence"]), abs=1e-4)
 
 
 def test_lse_offset_search_finds_a_planted_shift():
@@ -213,10 +228,10 @@ def test_official_stable_syncnet_layout_matches_manifest(golden):
 
 def test_stable_score_windows_and_short_clip():
     net = load_stable_syncnet(random_seed=0)
-    faces = np.random.default_rng(4).integers(0, 256, (32, 256, 256, 3), dtype=np.uint8)
-    mel = melspectrogram(np.random.default_rng(5).normal(size=32 * 640).astype(np.float32) * 0.1)
-    result = stable_sync_score(net, faces, mel, stride=8)
-    assert result.window_starts == (0, 8, 16)  # the 4th would need frames 24..39
+    faces = np.random.default_rng(4).integers(0, 256, (26, 256, 256, 3), dtype=np.uint8)
+    mel = melspectrogram(np.random.default_rng(5).normal(size=26 * 640).astype(np.float32) * 0.1)
+    result = stable_sync_score(net, faces, mel, stride=5)
+    assert result.window_starts == (0, 5, 10)  # the 4th would need frames 15..30
     probs = np.asarray(result.window_probs)
     assert np.all(np.abs(probs) <= 1 + 1e-6)
     assert result.mean_prob == pytest.approx(probs.mean()) and result.frac_in_sync == float((probs > 0.5).mean())
@@ -241,7 +256,7 @@ def test_malicious_pickle_is_refused(tmp_path, zip_format):
     path = tmp_path / "evil.model"
     torch.save({"netfclip.3.bias": torch.zeros(3), "x": _Payload(marker)}, path,
                _use_new_zipfile_serialization=zip_format)  # fmt: skip
-    with pytest.raises(CheckpointError, match="restricted unpickler"):
+    with pytest.raises(CheckpointError, match="non-tensor|nn.Module"):
         load_torch_state_dict(path)
     assert not os.path.exists(marker)
     raw = tmp_path / "raw.pkl"  # a bare pickle, not even torch's format
@@ -249,6 +264,17 @@ def test_malicious_pickle_is_refused(tmp_path, zip_format):
     with pytest.raises(CheckpointError):
         load_torch_state_dict(raw)
     assert not os.path.exists(marker)
+
+
+def test_torchscript_archive_is_refused(tmp_path):
+    from engine.eval.module_pickle import load_module_pickle
+
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+    with pytest.raises(CheckpointError, match="TorchScript"):
+        load_module_pickle(path)
+    with pytest.raises(CheckpointError):
+        load_torch_state_dict(path)
 
 
 def test_legacy_format_state_dict_loads_into_syncnet(tmp_path, syncnet):
@@ -259,29 +285,70 @@ def test_legacy_format_state_dict_loads_into_syncnet(tmp_path, syncnet):
     x = torch.randn(2, 1, 13, 20)
     with torch.no_grad():
         torch.testing.assert_close(net.forward_aud(x), syncnet.forward_aud(x), rtol=0, atol=0)
+    old = tmp_path / "pre_0_4_1.model"  # no BatchNorm num_batches_tracked counters yet
+    torch.save({k: v for k, v in syncnet.state_dict().items() if "num_batches" not in k}, old)
+    assert load_syncnet(old).netcnnaud[1].running_var.equal(syncnet.netcnnaud[1].running_var)
     wrapped = tmp_path / "wrapped.pt"
     torch.save({"state_dict": syncnet.state_dict(), "global_step": 3}, wrapped)
     assert set(load_torch_state_dict(wrapped)) == set(syncnet.state_dict())
 
 
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_pickled_whole_module_loads_without_running_code(tmp_path, syncnet, zip_format):
+    """torch.save(model) files name model classes; they load through inert stubs, payloads never run."""
+    marker = str(tmp_path / "PWNED")
+    module = SyncNetS()
+    module.load_state_dict(syncnet.state_dict())
+    module.extra = torch.nn.Module()
+    module.extra.hook = _Payload(marker)  # an attribute that would run os.mkdir if unpickled for real
+    path = tmp_path / "whole.model"
+    torch.save(module, path, _use_new_zipfile_serialization=zip_format)
+    state = load_torch_state_dict(path)
+    assert not os.path.exists(marker)
+    net = load_syncnet(path)
+    for key, value in syncnet.state_dict().items():
+        assert torch.equal(state[key], value), key
+    x = torch.randn(2, 1, 13, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(net.forward_aud(x), syncnet.forward_aud(x), rtol=0, atol=0)
+
+
 def test_checkpoint_mismatches_are_typed(tmp_path, syncnet):
     state = dict(syncnet.state_dict())
     bad_shape = dict(state, **{"netfclip.3.bias": torch.zeros(7)})
-    with pytest.raises(CheckpointError, match=r"netfclip\.3\.bias.*\(1024,\).*\(7,\)"):
+    with pytest.raises(CheckpointError, match=r"netfclip\.3\.bias.*1024.*7"):
         load_strict(SyncNetS(), bad_shape, source="t")
     missing = {k: v for k, v in state.items() if k != "netcnnaud.0.weight"}
     with pytest.raises(CheckpointError, match="missing"):
         load_strict(SyncNetS(), missing, source="t")
     pointer = tmp_path / "w.safetensors"
     pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 12\n")
-    with pytest.raises(CheckpointError, match="safetensors"):
+    with pytest.raises(CheckpointError, match="git-lfs"):
         load_state_dict_file(pointer)
     unscaled = tmp_path / "q.safetensors"
     save_file({"w": torch.ones(2, 2, dtype=torch.int8)}, str(unscaled))
     with pytest.raises(CheckpointError, match="scale exponent"):
         load_int8_safetensors(unscaled)
-    with pytest.raises(CheckpointError, match="expected a file"):
+    with pytest.raises(CheckpointError, match="found nothing"):
         load_syncnet(tmp_path / "absent.model")
+
+
+def test_fetch_checkpoint_checks_and_records_the_hash(tmp_path, monkeypatch):
+    from engine.eval import weights
+
+    blob = tmp_path / "hub" / "syncnet_v2.model"
+    blob.parent.mkdir()
+    blob.write_bytes(b"weights v1")
+    monkeypatch.setattr("engine.weights.files.hub_file", lambda *a, **k: blob)
+    spec = weights.CheckpointSpec("t", "org/repo", "syncnet_v2.model")
+    assert weights.fetch_checkpoint(spec, offline=True) == blob  # first use: hash recorded beside the file
+    assert (tmp_path / "hub" / "syncnet_v2.model.sha256").read_text().strip() == weights.sha256_file(blob)
+    blob.write_bytes(b"weights v2")  # the cached file changes afterwards
+    with pytest.raises(CheckpointError, match="sha256"):
+        weights.fetch_checkpoint(spec, offline=True)
+    pinned = weights.CheckpointSpec("t", "org/repo", "syncnet_v2.model", sha256="0" * 64)
+    with pytest.raises(CheckpointError, match="0000"):
+        weights.fetch_checkpoint(pinned, offline=True)
 
 
 def test_int8_scales_are_exact(tmp_path):
@@ -414,3 +481,19 @@ def test_engine_eval_bad_inputs_are_typed(clips, tmp_path):
     short = tmp_path / "short.json"
     short.write_text(json.dumps({"boxes": [[20, 10, 70, 60]] * 10}))  # 10 frames: LSE yes, StableSyncNet no
     assert main(["eval", "--video", video, "--face", str(short), "--random-weights", "--stable"]) == 2
+
+
+def test_engine_eval_with_a_face_track_file_uses_aligned_faces(clips, tmp_path):
+    """A latentsync-face-track file goes through engine.face.detection; its landmarks give aligned faces."""
+    from engine.cli import main
+
+    points = [[[30.0, 25.0], [62.0, 25.0], [46.0, 42.0]]] * 20 + [None] * 4  # brow left, brow right, nose
+    track = tmp_path / "track.json"
+    track.write_text(json.dumps({"format": "latentsync-face-track", "version": 1, "landmarks3": points}))
+    out = tmp_path / "report.json"
+    code = main(["eval", "--video", str(clips / "run.mp4"), "--face", str(track), "--random-weights",
+                 "--stable", "--no-syncnet", "--json", str(out)])  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["face_tracks"] == [[0, 20]] and report["lse"] is None
+    assert report["stable"]["face_crop"] == "aligned" and report["stable"]["n_windows"] == 1

@@ -13,7 +13,7 @@ import pytest
 
 from engine.errors import InvalidInputError
 from engine.media import (MediaLimits, VideoWriter, count_source_frames, cut_clip, estimate_frame_count,
-                          iter_video_frames, load_audio, probe, write_wav)
+                          iter_video_frames, load_audio, load_pcm16, probe, write_wav)
 
 SR = 16_000
 LEVEL0, LEVEL_STEP, LEVELS = 16, 18, 12  # frame index encoded as flat colours: R = i % 12, G = i // 12
@@ -130,6 +130,15 @@ def test_constant_rate_resampled_by_pts(tmp_path, src_fps):
     assert probe(path).video.frames == n
 
 
+def test_b_frames_keep_order(tmp_path):
+    """x264 'medium' reorders frames (B-frames) and the MP4 gets an edit list: decode order must not leak out."""
+    path = tmp_path / "bframes.mp4"
+    with VideoWriter(path, 64, 48, crf=10, preset="medium") as w:
+        for i in range(30):
+            w.write(index_rgb(i))
+    assert [read_index(f.rgb) for f in iter_video_frames(path)] == list(range(30))
+
+
 def test_variable_rate_resampled_by_pts(tmp_path):
     times = [0.0, 0.01, 0.05, 0.13, 0.14, 0.15, 0.31, 0.52, 0.53, 0.60]  # VFR with gaps and bursts
     path = tmp_path / "vfr.mp4"
@@ -167,6 +176,7 @@ def test_wav_16k_mono_is_bit_exact(media, golden):
     samples = load_audio(media / "demo1_audio.wav")
     assert samples.dtype == np.float32 and samples.ndim == 1
     assert np.array_equal(samples, wav_int16(media / "demo1_audio.wav").astype(np.float32) / 32768)
+    assert np.array_equal(load_pcm16(media / "demo1_audio.wav"), wav_int16(media / "demo1_audio.wav"))
     from safetensors.numpy import load_file
 
     golden_audio = load_file(golden / "e2e_demo1" / "inputs.safetensors")["audio_16k"]

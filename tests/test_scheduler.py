@@ -63,7 +63,10 @@ def test_twenty_steps_match_golden(unet, loop):
     torch.testing.assert_close(out, loop["final_latents_steps20"], **TOL)
 
 
-@pytest.mark.parametrize("interval,key", [(2, "final_latents_deepcache_i2_steps8"), (None, "final_latents_nocache_steps8")])
+@pytest.mark.parametrize("interval,key", [
+    (2, "final_latents_deepcache_i2_steps8"),
+    pytest.param(None, "final_latents_nocache_steps8", marks=pytest.mark.slow),  # plain loop: the 4-step test covers it
+])
 def test_deepcache_eight_steps_match_golden(unet, loop, golden, interval, key):
     expected = load_file(golden / "ddim_loop_deepcache_i2.safetensors")[key]
     out = denoise(unet, *_inputs(loop), steps=8, guidance_scale=GUIDANCE, deepcache_interval=interval)

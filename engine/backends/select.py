@@ -130,17 +130,9 @@ class BackendContext:
 
 
 def _onnx_path(ctx: BackendContext, network: str, module, allow_build: bool) -> Path:
-    from export.artifacts import weights_sha256
-    from export.onnx_export import ensure_onnx, export_fields, onnx_filename, stale_reason
-    from export.wrappers import module_dtype
+    from export.onnx_export import current_onnx
 
-    if allow_build:
-        return ensure_onnx(network, module, ctx.artifact_dir)
-    path = ctx.artifact_dir / onnx_filename(network, module_dtype(module))
-    reason = stale_reason(path, export_fields(network, module_dtype(module), weights_sha256(module)))
-    if reason is not None:
-        raise IncompatibleEngineError(f"{network} ONNX {path}: expected a current export, found: {reason} (run `engine export`)")
-    return path
+    return current_onnx(network, module, ctx.artifact_dir, allow_export=allow_build)
 
 
 def make_executor(backend: str, network: str, ctx: BackendContext, *, allow_build: bool) -> Executor:

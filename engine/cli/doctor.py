@@ -65,13 +65,18 @@ def _backends() -> dict:
 
 
 def _models() -> dict:
-    out: dict = {}
+    """Which registry models resolve from the local cache alone (no network)."""
     try:
-        from engine.weights import cache_status
+        from engine.weights import MODELS, engine_cache_dir, resolve_model
     except Exception as exc:  # noqa: BLE001
         return {"why_not": f"{type(exc).__name__}: {exc}"}
-    out.update(cache_status())
-    out["HF_HUB_OFFLINE"] = os.environ.get("HF_HUB_OFFLINE", "")
+    out: dict = {"engine_cache": str(engine_cache_dir()), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "")}
+    for name in MODELS:
+        try:
+            resolve_model(name, offline=True)
+            out[name] = "cached"
+        except Exception as exc:  # noqa: BLE001 - report why not
+            out[name] = f"not cached ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
     return out
 
 

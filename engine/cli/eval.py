@@ -19,8 +19,8 @@ def register(subparsers) -> None:
     p.add_argument("--reference", help="a reference run of the same clip: adds PSNR / SSIM / flicker")
     p.add_argument("--json", help="also write the report as JSON to this file")
     faces = p.add_mutually_exclusive_group(required=True)
-    faces.add_argument("--face", help="face boxes: a track JSON ({'boxes': [[x1,y1,x2,y2]|null, ...]}) "
-                                      "or a detector name when engine.face.detection provides one")
+    faces.add_argument("--face", help="auto | insightface | mediapipe | a face-track file (latentsync-face-track "
+                                      "JSON) | a box list JSON ({'boxes': [[x1,y1,x2,y2] or null, ...]})")
     faces.add_argument("--box", help="one fixed face box for every frame: x1,y1,x2,y2")
     p.add_argument("--syncnet-weights", help="SyncNet S checkpoint (default: download syncnet_v2.model, hash-checked)")
     p.add_argument("--no-syncnet", action="store_true", help="skip LSE-C / LSE-D")
@@ -47,29 +47,39 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     return x1, y1, x2, y2
 
 
-def face_boxes(spec: str | None, box: str | None, video: str) -> list:
-    """Per-frame boxes from --box, a track JSON, or a detector of engine.face.detection."""
+def face_boxes(spec: str | None, box: str | None, video: str) -> tuple[list, list | None]:
+    """Per-frame (boxes, landmarks3 or None) from --box, a box-list JSON, or an engine.face.detection source
+    ('auto' | 'insightface' | 'mediapipe' | a latentsync-face-track file) followed by its FaceTracker."""
     if box is not None:
-        from engine.eval.report import _frame_count
+        from engine.eval.video import frame_count
 
-        return [parse_box(box)] * _frame_count(video)
-    if spec is not None and spec.endswith(".json") and Path(spec).is_file():
+        return [parse_box(box)] * frame_count(video), None
+    if spec is not None and _is_box_list(spec):
         from engine.eval.crops import load_box_track
 
-        return load_box_track(spec)
-    try:
-        from engine.face.detection import make_face_source
-    except ImportError as exc:
-        raise InvalidInputError(f"--face: expected a box-track JSON file, found {spec!r} "
-                                f"(no face detector available: {exc})") from exc
+        return load_box_track(spec), None
     from engine.eval.video import iter_rgb_frames
+    from engine.face.detection import FaceTracker, make_face_source
 
-    source = make_face_source(spec)
-    boxes = []
+    tracker = FaceTracker(make_face_source(spec))
+    boxes, landmarks = [], []
     for index, rgb in enumerate(iter_rgb_frames(video)):
-        observation = source.detect(index, rgb)
+        observation = tracker.update(index, rgb)
         boxes.append(None if observation is None else tuple(float(v) for v in observation.box))
-    return boxes
+        landmarks.append(None if observation is None else observation.landmarks3)
+    return boxes, landmarks
+
+
+def _is_box_list(spec: str) -> bool:
+    """A JSON file in the evaluator's own box-list format ({"boxes": [...]} or a bare list)."""
+    path = Path(spec)
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return True  # let load_box_track report it
+    return isinstance(data, list) or (isinstance(data, dict) and "boxes" in data)
 
 
 def _finite(value):
@@ -89,7 +99,8 @@ def summary(report: dict) -> str:
         lines.append("WARNING: random network weights: sync scores are meaningless")
     if report["lse"]:
         lse = report["lse"]
-        lines.append(f"SyncNet  LSE-C {lse['lse_c']:.4f}  LSE-D {lse['lse_d']:.4f}  AV offset {lse['av_offset']} frames")
+        lines.append(f"SyncNet  LSE-C {lse['lse_c']:.4f}  LSE-D {lse['lse_d']:.4f}  "
+                     f"AV offset {lse['av_offset']} frames")
     if report["stable"]:
         st = report["stable"]
         lines.append(f"StableSyncNet  mean {st['mean_prob']:.4f}  in sync {100 * st['frac_in_sync']:.1f}% "
@@ -107,24 +118,27 @@ def _eval(args: argparse.Namespace) -> int:
     from engine.eval.report import EvalNetworks, EvalOptions, evaluate_clip
     from engine.eval.stable_syncnet import load_stable_syncnet
     from engine.eval.syncnet import load_syncnet
-    from engine.eval.video import load_audio_int16
+    from engine.media import probe
 
     audio = args.audio or args.video
-    load_audio_int16(audio)  # cheap typed failure (no audio stream) before models load
+    probe(args.video, require_video=True)  # cheap typed failures (no stream, limits) before models load
+    probe(audio, require_audio=True)
     options = EvalOptions(vshift=args.vshift, batch_size=args.batch_size, stable_stride=args.stable_stride,
                           compute_ssim=not args.no_ssim)  # fmt: skip
-    seed = RANDOM_SEED if args.random_weights else None
-    syncnet = None
+
+    def seed_for(weights: str | None) -> int | None:  # random only where no weight file is given
+        return RANDOM_SEED if args.random_weights and weights is None else None
+
+    syncnet = stable = None
     if not args.no_syncnet:
-        syncnet = load_syncnet(args.syncnet_weights, random_seed=seed if args.syncnet_weights is None else None, offline=args.offline, device=args.device)
-    stable = None
+        syncnet = load_syncnet(args.syncnet_weights, random_seed=seed_for(args.syncnet_weights),
+                               offline=args.offline, device=args.device)  # fmt: skip
     if args.stable or args.stable_syncnet_weights:
-        stable = load_stable_syncnet(
-            args.stable_syncnet_weights, random_seed=seed if args.stable_syncnet_weights is None else None, offline=args.offline,
-                                     device=args.device)  # fmt: skip
-    boxes = face_boxes(args.face, args.box, args.video)
+        stable = load_stable_syncnet(args.stable_syncnet_weights, random_seed=seed_for(args.stable_syncnet_weights),
+                                     offline=args.offline, device=args.device)  # fmt: skip
+    boxes, landmarks = face_boxes(args.face, args.box, args.video)
     report = evaluate_clip(args.video, audio, boxes, EvalNetworks(syncnet, stable, args.random_weights),
-                           reference=args.reference, options=options).to_dict()  # fmt: skip
+                           landmarks=landmarks, reference=args.reference, options=options).to_dict()  # fmt: skip
     report = _finite(report)
     print(summary(report))
     if args.json:

@@ -66,7 +66,9 @@ def crop_face(frame_bgr: np.ndarray, size: float, cx: float, cy: float) -> np.nd
     top, left = max(top, 0), max(left, 0)
     bottom, right = min(bottom, height + 2 * pad), min(right, width + 2 * pad)
     if bottom <= top or right <= left:
-        raise InvalidInputError(f"face crop: expected a non-empty region, found rows {top}:{bottom} cols {left}:{right}")
+        raise InvalidInputError(
+            f"face crop: expected a non-empty region, found rows {top}:{bottom} cols {left}:{right}"
+        )
     out = np.full((bottom - top, right - left, 3), PAD_VALUE, dtype=np.uint8)
     src_top, src_left = max(top - pad, 0), max(left - pad, 0)
     src_bottom, src_right = min(bottom - pad, height), min(right - pad, width)
@@ -77,7 +79,9 @@ def crop_face(frame_bgr: np.ndarray, size: float, cx: float, cy: float) -> np.nd
     return cv2.resize(out, (CROP_SIZE, CROP_SIZE))  # INTER_LINEAR
 
 
-def split_tracks(boxes: Sequence[Box | None], *, max_gap: int = MAX_GAP, min_track: int = MIN_TRACK) -> list[CropTrack]:
+def split_tracks(
+    boxes: Sequence[Box | None], *, max_gap: int = MAX_GAP, min_track: int = MIN_TRACK
+) -> list[CropTrack]:
     """Per-frame boxes (None = no face) -> smoothed tracks; gaps up to max_gap are linearly interpolated."""
     present = [i for i, b in enumerate(boxes) if b is not None]
     if not present:
@@ -146,7 +150,9 @@ def load_box_track(path: str | Path) -> list[Box | None]:
 STABLE_FACE_SIZE = 256  # StableSyncNet face side (px)
 
 
-def square_face_crop(frame_rgb: np.ndarray, size: float, cx: float, cy: float, out: int = STABLE_FACE_SIZE) -> np.ndarray:
+def square_face_crop(
+    frame_rgb: np.ndarray, size: float, cx: float, cy: float, out: int = STABLE_FACE_SIZE
+) -> np.ndarray:
     """[out,out,3] square of side 2*size around (cx, cy), grey-padded outside the frame.
 
     An approximation of the affine-aligned face StableSyncNet was trained on (used when no aligner is given).

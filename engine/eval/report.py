@@ -12,12 +12,21 @@ import numpy as np
 
 from engine.constants import SAMPLES_PER_FRAME
 from engine.errors import InvalidInputError
-from engine.eval.crops import MAX_GAP, MIN_TRACK, Box, CropTrack, crop_face, split_tracks, square_face_crop
+from engine.eval.crops import (
+    MAX_GAP,
+    MIN_TRACK,
+    STABLE_FACE_SIZE,
+    Box,
+    CropTrack,
+    crop_face,
+    split_tracks,
+    square_face_crop,
+)
 from engine.eval.fidelity import FidelityAccumulator
 from engine.eval.lse import BATCH_SIZE, VSHIFT, LseResult, average_tracks, evaluate_lse
 from engine.eval.stable_syncnet import WINDOW_FRAMES, StableSyncNet, stable_sync_score
 from engine.eval.syncnet import SyncNetS
-from engine.eval.video import iter_rgb_frames, load_audio_int16
+from engine.eval.video import frame_count, iter_rgb_frames, load_audio_int16
 
 log = logging.getLogger(__name__)
 
@@ -63,57 +72,48 @@ class EvalReport:
         return dataclasses.asdict(self)
 
 
-def _frame_count(path: str | Path) -> int:
-    """Frames declared by the container (decoded and counted when it declares none)."""
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            declared = container.streams.video[0].frames if container.streams.video else 0
-    except av.error.FFmpegError:
-        declared = 0  # iter_rgb_frames raises the typed error below
-    count = declared or sum(1 for _ in iter_rgb_frames(path))
-    if count == 0:
-        raise InvalidInputError(f"{path}: expected video frames, found none")
-    return count
-
-
 def evaluate_clip(
     video: str | Path,
     audio: str | Path,
     boxes: Sequence[Box | None],
     networks: EvalNetworks,
     *,
+    landmarks: Sequence[np.ndarray | None] | None = None,
     reference: str | Path | None = None,
     options: EvalOptions = EvalOptions(),
 ) -> EvalReport:
     """Evaluate a lip-synced `video` against the driving `audio` (and a `reference` run for fidelity).
 
     `boxes` holds one face box per 25 fps frame of `video` (None where there is no face); missing trailing
-    entries count as no face. Frames are decoded once; memory is the crops (150 kB/frame, +196 kB with
+    entries count as no face. `landmarks` (optional, [3,2] official alignment points per frame) give
+    StableSyncNet the affine-aligned 256 px face it was trained on; frames without them use a square
+    crop around the box. Frames are decoded once; memory is the crops (150 kB/frame, +196 kB with
     StableSyncNet), not the frames.
     """
     samples = load_audio_int16(audio)  # typed errors for no/empty audio before any decoding work
     if networks.syncnet is None and networks.stable is None and reference is None:
         raise InvalidInputError("eval: expected a SyncNet, a StableSyncNet or a reference, found none")
-    frames_total = _frame_count(video)
+    frames_total = frame_count(video)
+    if frames_total == 0:
+        raise InvalidInputError(f"{video}: expected video frames, found none")
     boxes = list(boxes[:frames_total]) + [None] * max(0, frames_total - len(boxes))
     tracks = split_tracks(boxes, max_gap=options.max_gap, min_track=options.min_track)
     lse_crops: list[list[np.ndarray]] = [[] for _ in tracks]
-    stable_faces: list[list[np.ndarray]] = [[] for _ in tracks]
+    stable_faces = _StableFaces(tracks, landmarks) if networks.stable is not None else None
     fidelity = FidelityAccumulator(compute_ssim=options.compute_ssim) if reference is not None else None
     ref_frames = iter_rgb_frames(reference) if reference is not None else None
+    last_needed = frames_total if fidelity is not None else max(t.stop for t in tracks)
     for index, rgb in enumerate(iter_rgb_frames(video)):
-        if index >= frames_total:  # the container under-declared its frames: no boxes past the end
+        if index >= last_needed:  # past the last face track (and no fidelity pass): stop decoding
             break
         for k, track in enumerate(tracks):
             if track.start <= index < track.stop:
                 j = index - track.start
                 geometry = (track.size[j], track.cx[j], track.cy[j])
                 if networks.syncnet is not None:
-                    lse_crops[k].append(crop_face(np.ascontiguousarray(rgb[:, :, ::-1]), *geometry))  # BGR
-                if networks.stable is not None:
-                    stable_faces[k].append(square_face_crop(rgb, *geometry))
+                    lse_crops[k].append(crop_face(rgb, *geometry)[:, :, ::-1])  # BGR; resize commutes with the swap
+                if stable_faces is not None:
+                    stable_faces.add(k, index, rgb, geometry)
         if fidelity is not None:
             ref = next(ref_frames, None)
             if ref is not None:
@@ -126,7 +126,8 @@ def evaluate_clip(
     if networks.syncnet is not None:
         report = dataclasses.replace(report, lse=_lse(networks.syncnet, tracks, lse_crops, samples, options))
     if networks.stable is not None:
-        report = dataclasses.replace(report, stable=_stable(networks.stable, tracks, stable_faces, samples, options))
+        stable = _stable(networks.stable, tracks, stable_faces.faces, samples, options)
+        report = dataclasses.replace(report, stable={**stable, "face_crop": stable_faces.kind()})
     if fidelity is not None:
         report = dataclasses.replace(report, fidelity=dataclasses.asdict(fidelity.result()))
     return report
@@ -187,5 +188,33 @@ def _stable(net, tracks, faces, samples, options: EvalOptions) -> dict:
         "n_windows": len(probs),
         "window_starts": starts,
         "window_probs": probs,
-        "face_crop": "box-square",  # not the affine-aligned face of training (no aligner wired in yet)
     }
+
+
+class _StableFaces:
+    """256 px faces per track: affine-aligned (official, from landmarks) where possible, else box squares."""
+
+    def __init__(self, tracks: Sequence[CropTrack], landmarks: Sequence[np.ndarray | None] | None):
+        self.landmarks = list(landmarks) if landmarks is not None else []
+        self.faces: list[list[np.ndarray]] = [[] for _ in tracks]
+        self.aligners: dict[int, object] = {}
+        self.counts = {"aligned": 0, "box-square": 0}
+
+    def add(self, track: int, index: int, rgb: np.ndarray, geometry: tuple[float, float, float]) -> None:
+        points = self.landmarks[index] if index < len(self.landmarks) else None
+        if points is None:
+            self.faces[track].append(square_face_crop(rgb, *geometry))
+            self.counts["box-square"] += 1
+            return
+        if track not in self.aligners:  # smoothing state per track, like one official pipeline call
+            from engine.face import FaceAligner
+
+            self.aligners[track] = FaceAligner(STABLE_FACE_SIZE)
+        aligner = self.aligners[track]
+        crop, _ = aligner.align(rgb, np.asarray(points, dtype=np.float32))
+        self.faces[track].append(aligner.resize_to_model(crop))
+        self.counts["aligned"] += 1
+
+    def kind(self) -> str:
+        used = [k for k, v in self.counts.items() if v]
+        return used[0] if len(used) == 1 else "mixed"

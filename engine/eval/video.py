@@ -1,4 +1,4 @@
-"""Media reading for the evaluator: 25 fps RGB frames and 16 kHz int16 mono audio via PyAV."""
+"""Media reading for the evaluator: 25 fps RGB frames and 16 kHz int16 mono audio (via engine.media)."""
 
 from __future__ import annotations
 
@@ -7,59 +7,26 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.constants import FPS, SAMPLE_RATE
-from engine.errors import InvalidInputError, MediaDecodeError
-
-FPS_TOLERANCE = 0.01  # relative
-
-
-def _open(path: str | Path):
-    import av
-
-    if not Path(path).is_file():
-        raise InvalidInputError(f"media: expected a file, found nothing at {path}")
-    try:
-        return av.open(str(path))
-    except av.error.FFmpegError as exc:
-        raise InvalidInputError(f"{path}: expected a media container, found {exc}") from exc
+from engine.constants import FPS
 
 
 def iter_rgb_frames(path: str | Path) -> Iterator[np.ndarray]:
-    """Decoded frames [H,W,3] uint8 RGB of a 25 fps video (the engine's output rate)."""
-    import av
+    """Frames [H,W,3] uint8 RGB resampled to 25 fps by timestamp (the engine's output rate)."""
+    from engine.media import iter_video_frames
 
-    container = _open(path)
-    with container:
-        if not container.streams.video:
-            raise InvalidInputError(f"{path}: expected a video stream, found none")
-        stream = container.streams.video[0]
-        rate = float(stream.average_rate or stream.guessed_rate or 0)
-        if abs(rate - FPS) > FPS * FPS_TOLERANCE:
-            raise InvalidInputError(f"{path}: expected a {FPS} fps video (engine output), found {rate:.3f} fps")
-        try:
-            for frame in container.decode(stream):
-                yield frame.to_ndarray(format="rgb24")
-        except av.error.FFmpegError as exc:
-            raise MediaDecodeError(f"{path}: video stream: expected decodable frames, found {exc}") from exc
+    for frame in iter_video_frames(path, fps=FPS):
+        yield frame.rgb
+
+
+def frame_count(path: str | Path) -> int:
+    """Frames `iter_rgb_frames` yields for a complete stream (from metadata: ceil(duration * 25))."""
+    from engine.media import estimate_frame_count, probe
+
+    return estimate_frame_count(probe(path, require_video=True).video, FPS)
 
 
 def load_audio_int16(path: str | Path) -> np.ndarray:
-    """First audio stream resampled to 16 kHz mono s16 (like `ffmpeg -ac 1 -ar 16000 -acodec pcm_s16le`)."""
-    import av
+    """First audio stream as int16 mono at 16 kHz (like `ffmpeg -ac 1 -ar 16000 -acodec pcm_s16le`)."""
+    from engine.media import load_pcm16
 
-    container = _open(path)
-    with container:
-        if not container.streams.audio:
-            raise InvalidInputError(f"{path}: expected an audio stream, found none")
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-        chunks: list[np.ndarray] = []
-        try:
-            for frame in container.decode(container.streams.audio[0]):
-                chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
-            chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
-        except av.error.FFmpegError as exc:
-            raise MediaDecodeError(f"{path}: audio stream: expected decodable samples, found {exc}") from exc
-    samples = np.concatenate(chunks).astype(np.int16) if chunks else np.zeros(0, np.int16)
-    if samples.size == 0:
-        raise InvalidInputError(f"{path}: expected audio samples, found an empty audio stream")
-    return samples
+    return load_pcm16(path)

@@ -1,18 +1,17 @@
-"""Evaluator checkpoints: hash-checked download, pickle-free loading, strict key matching.
+"""Evaluator checkpoints: hash-checked download, loading without running pickled code, strict key matching.
 
-Real SyncNet weights come as torch pickles (`syncnet_v2.model`, `stable_syncnet.pt`); they are
-loaded with `torch.load(weights_only=True)`, whose restricted unpickler rebuilds only tensors,
-storages and (Ordered)dicts and refuses any other global, so a malicious pickle never runs.
+Real SyncNet weights come as torch pickles (`syncnet_v2.model`, `stable_syncnet.pt`); they are read by
+`engine.weights.checkpoints` with `torch.load(weights_only=True)`, whose restricted unpickler rebuilds only
+tensors, storages and (Ordered)dicts and refuses any other global, so a malicious pickle never runs.
+A pickled whole `nn.Module` falls back to `module_pickle`, which is just as inert.
 Golden test weights are safetensors with int8 conv/linear weights and per-key power-of-two scales.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import pickle
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +20,13 @@ import torch
 from torch import nn
 
 from engine.errors import CheckpointError
+from engine.weights.checkpoints import check_state_dict, read_safetensors, read_torch_file, sha256_file
 
 log = logging.getLogger(__name__)
 
 INT8_SCALE_METADATA_KEY = "int8_scale_exp"  # JSON {key: e}: value = q * 2**e
 STATE_DICT_WRAPPERS = ("state_dict", "model", "net")  # checkpoint dicts that wrap the weights
-_HASH_CHUNK = 1 << 20  # bytes read at a time when hashing
+OPTIONAL_KEY_SUFFIX = "num_batches_tracked"
 
 
 @dataclass(frozen=True)
@@ -39,47 +39,38 @@ class CheckpointSpec:
     sha256: str | None = None  # pinned hash; None -> the Hub's LFS sha256 is checked and recorded
 
 
-SYNCNET_V2 = CheckpointSpec("syncnet_v2", "ByteDance/LatentSync-1.5", "auxiliary/syncnet_v2.model")
+# Repos as published (unverified from here: the hub is unreachable); the auxiliary/ folder with the
+# evaluator's SyncNet is part of the original ByteDance/LatentSync checkpoint repo.
+SYNCNET_V2 = CheckpointSpec("syncnet_v2", "ByteDance/LatentSync", "auxiliary/syncnet_v2.model")
 STABLE_SYNCNET = CheckpointSpec("stable_syncnet", "ByteDance/LatentSync-1.6", "stable_syncnet.pt")
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _hub_sha256(spec: CheckpointSpec) -> str | None:
     """The sha256 the Hub declares for an LFS file (its etag), or None when unknown."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
-    meta = get_hf_file_metadata(hf_hub_url(spec.repo_id, spec.filename))
-    etag = (meta.etag or "").strip('"')
+    try:
+        etag = (get_hf_file_metadata(hf_hub_url(spec.repo_id, spec.filename)).etag or "").strip('"')
+    except Exception:  # metadata is a second opinion; the recorded hash still guards the cache
+        return None
     return etag if len(etag) == 64 else None
 
 
 def fetch_checkpoint(spec: CheckpointSpec, *, cache_dir: str | Path | None = None, offline: bool = False) -> Path:
     """Download `spec` on first use (or find it in the cache) and check its sha256.
 
-    The expected hash is `spec.sha256` when pinned, else the Hub's LFS hash, recorded beside the file
-    (`<file>.sha256`) on first download so a later corruption of the cached file is detected offline.
+    The expected hash is `spec.sha256` when pinned, else the Hub's LFS hash; it is recorded beside the file
+    (`<file>.sha256`) on first use so a later corruption of the cached file is detected offline too.
     """
-    from huggingface_hub import hf_hub_download
+    from engine.weights.files import hub_file
 
-    try:
-        path = Path(hf_hub_download(spec.repo_id, spec.filename, cache_dir=cache_dir, local_files_only=offline))
-    except Exception as exc:  # network, auth, missing file: all the same to the caller
-        raise CheckpointError(
-            f"{spec.name}: expected {spec.repo_id}/{spec.filename} (downloadable or cached), found {exc}"
-        ) from exc
+    path = hub_file(spec.repo_id, spec.filename, offline=offline, cache_dir=cache_dir)
     record = path.with_name(path.name + ".sha256")
     expected = spec.sha256 or (record.read_text().strip() if record.exists() else None)
     if expected is None and not offline:
         expected = _hub_sha256(spec)
     actual = sha256_file(path)
-    if expected is not None and actual != expected:
+    if expected is not None and actual != expected.lower():
         raise CheckpointError(f"{spec.name} {path}: expected sha256 {expected}, found {actual}")
     if expected is None:
         log.warning("%s: no known sha256; recording %s for later checks", spec.name, actual)
@@ -89,12 +80,6 @@ def fetch_checkpoint(spec: CheckpointSpec, *, cache_dir: str | Path | None = Non
         except OSError:  # read-only cache: the check above already ran
             pass
     return path
-
-
-def check_sha256(path: str | Path, expected: str) -> None:
-    actual = sha256_file(path)
-    if actual != expected.lower():
-        raise CheckpointError(f"{path}: expected sha256 {expected.lower()}, found {actual}")
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -113,17 +98,17 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a torch checkpoint (zip or legacy format) without executing pickled code."""
+    """Tensors of a torch checkpoint (zip or legacy format, state dict or whole module); no pickled code runs."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint: expected a file, found nothing at {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, AttributeError) as exc:
-        raise CheckpointError(
-            f"{path}: expected a weights-only torch checkpoint (tensors in dicts), found one that the "
-            f"restricted unpickler refuses or cannot read: {str(exc).splitlines()[0][:300]}"
-        ) from exc
+        obj = read_torch_file(path)
+    except CheckpointError as exc:
+        if not isinstance(exc.__cause__, pickle.UnpicklingError):
+            raise
+        from engine.eval.module_pickle import load_module_pickle  # names a class: maybe a whole module
+
+        log.info("%s: not a plain state dict; reading it as a pickled module with inert stubs", path)
+        obj = load_module_pickle(path)
     return _unwrap(obj, path)
 
 
@@ -131,14 +116,9 @@ def load_int8_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     """Golden weights: int8 tensors listed in metadata `int8_scale_exp` become float32 q * 2**e (exact)."""
     from safetensors import safe_open
 
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            state = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as exc:  # truncated file, git-lfs pointer, not safetensors
-        raise CheckpointError(f"{path}: expected a readable safetensors file, found {exc}") from exc
-    scales = json.loads(metadata.get(INT8_SCALE_METADATA_KEY, "{}"))
+    state = read_safetensors(path)
+    with safe_open(str(path), framework="pt") as handle:
+        scales = json.loads((handle.metadata() or {}).get(INT8_SCALE_METADATA_KEY, "{}"))
     for key, exponent in scales.items():
         if key not in state or state[key].dtype != torch.int8:
             raise CheckpointError(f"{path}: expected int8 tensor {key!r} for its scale, found none")
@@ -150,27 +130,19 @@ def load_int8_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Any supported weight file: safetensors (plain or int8-scaled) or a weights-only torch pickle."""
+    """Any supported weight file: safetensors (plain or int8-scaled) or a torch pickle (read without running it)."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        return load_int8_safetensors(path)
-    return load_torch_state_dict(path)
+    return load_int8_safetensors(path) if path.suffix == ".safetensors" else load_torch_state_dict(path)
 
 
 def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> nn.Module:
-    """Copy `state` into `module`; every key and shape must match, else CheckpointError (module untouched)."""
+    """Copy `state` into `module`; every key and shape must match, else CheckpointError (module untouched).
+
+    BatchNorm `num_batches_tracked` counters may be absent (checkpoints older than PyTorch 0.4.1, like
+    syncnet_v2.model); they do not affect eval-mode outputs and keep their initial value.
+    """
     own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{source}: expected the {type(module).__name__} keys, found {len(missing)} missing "
-            f"{missing[:5]} and {len(unexpected)} unexpected {unexpected[:5]}"
-        )
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(own[key].shape):
-            raise CheckpointError(
-                f"{source}: key {key!r} expected shape {tuple(own[key].shape)}, found {tuple(value.shape)}"
-            )
+    state = {**{k: v for k, v in own.items() if k.endswith(OPTIONAL_KEY_SUFFIX)}, **state}
+    check_state_dict(state, own, source=source)
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
     return module

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -19,6 +21,10 @@ SMOOTH_PREV = 0.2  # bias = SMOOTH_PREV * previous + SMOOTH_NEW * current
 SMOOTH_NEW = 0.8
 ALIGN_FILL = 127.0  # kornia fill value outside the frame
 SUPPORTED_RESOLUTIONS = (256, 512)
+LANCZOS_TAPS = 8  # cv2 INTER_LANCZOS4: taps sx-3 .. sx+4, edge-replicated
+LANCZOS_COEF_BITS = 11  # cv2 INTER_RESIZE_COEF_BITS: uint8 resize weights are int16 in units of 1/2048
+_S45 = 0.70710678118654752440084436210485
+_LANCZOS_CS = ((1, 0), (-_S45, -_S45), (0, 1), (_S45, -_S45), (-1, 0), (_S45, _S45), (0, -1), (-_S45, _S45))
 
 
 @dataclass(frozen=True)
@@ -38,8 +44,53 @@ class CropGeometry:
         return cls(resolution, template, int(CROP_BASE_WH[0] * ratio), int(CROP_BASE_WH[1] * ratio))
 
 
+def _lanczos4_coeffs(x: np.float32) -> np.ndarray:
+    """cv2 `interpolateLanczos4` (double sin/cos, float32 normalisation). [8] float32"""
+    coeffs = np.zeros(LANCZOS_TAPS, np.float32)
+    if x < np.finfo(np.float32).eps:
+        coeffs[3] = 1
+        return coeffs
+    y0 = -(float(x) + 3) * math.pi * 0.25
+    s0, c0 = math.sin(y0), math.cos(y0)
+    total = np.float32(0)
+    for i in range(LANCZOS_TAPS):
+        y = -(float(x) + 3 - i) * math.pi * 0.25
+        coeffs[i] = np.float32((_LANCZOS_CS[i][0] * s0 + _LANCZOS_CS[i][1] * c0) / (y * y))
+        total = np.float32(total + coeffs[i])
+    return coeffs * np.float32(np.float32(1) / total)
+
+
+@lru_cache(maxsize=16)
+def _lanczos4_taps(src_len: int, dst_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cv2's fixed-point INTER_LANCZOS4 taps along one axis: (source index [dst,8], int weight [dst,8]) int64."""
+    scale = 1.0 / (dst_len / src_len)
+    index = np.zeros((dst_len, LANCZOS_TAPS), np.int64)
+    weight = np.zeros((dst_len, LANCZOS_TAPS), np.int64)
+    for d in range(dst_len):
+        fx = np.float32((d + 0.5) * scale - 0.5)
+        sx = math.floor(fx)
+        coeffs = _lanczos4_coeffs(np.float32(fx - np.float32(sx)))
+        weight[d] = np.clip(np.rint(coeffs * np.float32(1 << LANCZOS_COEF_BITS)), -32768, 32767)
+        index[d] = np.clip(sx - 3 + np.arange(LANCZOS_TAPS), 0, src_len - 1)
+    return torch.from_numpy(index), torch.from_numpy(weight)
+
+
+def lanczos4_resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """cv2.resize(INTER_LANCZOS4) to size x size for uint8 [N,h,w,C] on any device, bit-exact (integer math)."""
+    device = images.device
+    ix, wx = (t.to(device) for t in _lanczos4_taps(images.shape[2], size))
+    iy, wy = (t.to(device) for t in _lanczos4_taps(images.shape[1], size))
+    pixels = images.long()
+    rows = sum(pixels.index_select(2, ix[:, k]) * wx[:, k].view(1, 1, -1, 1) for k in range(LANCZOS_TAPS))
+    out = sum(rows.index_select(1, iy[:, k]) * wy[:, k].view(1, -1, 1, 1) for k in range(LANCZOS_TAPS))
+    shift = 2 * LANCZOS_COEF_BITS
+    return ((out + (1 << (shift - 1))) >> shift).clamp(0, 255).to(torch.uint8)  # [N,R,R,C]
+
+
 def check_landmarks(landmarks3: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Validate [N,3,2] (or [3,2]) finite, non-degenerate points; returns float32 CPU [N,3,2]."""
+    if isinstance(landmarks3, torch.Tensor):
+        landmarks3 = landmarks3.detach().cpu().numpy()
     points = torch.as_tensor(np.asarray(landmarks3, dtype=np.float32))
     if points.ndim == 2:
         points = points[None]
@@ -48,6 +99,8 @@ def check_landmarks(landmarks3: np.ndarray | torch.Tensor) -> torch.Tensor:
     bad = ~torch.isfinite(points).all(dim=(1, 2))
     expect(not bool(bad.any()), InvalidInputError, "landmarks3 values", "finite numbers",
            f"NaN/Inf at index {bad.nonzero().flatten().tolist()}")
+    if len(points) == 0:
+        return points
     spread = points.flatten(1).std(dim=1)
     expect(bool((spread > 0).all()), InvalidInputError, "landmarks3", "three distinct points",
            f"coincident points at index {(spread <= 0).nonzero().flatten().tolist()}")
@@ -106,6 +159,8 @@ class FaceAligner:
     def compute_matrices(self, landmarks3: np.ndarray | torch.Tensor) -> np.ndarray:
         """Smoothed source->crop matrices for consecutive frames. [N,3,2] (or [3,2]) -> [N,2,3] float32."""
         points = check_landmarks(landmarks3)
+        if len(points) == 0:
+            return np.zeros((0, 2, 3), np.float32)
         matrices, biases = similarity_transforms(points, self._template)
         biases = biases.numpy()
         out = matrices.numpy().copy()
@@ -124,7 +179,7 @@ class FaceAligner:
         frames = frames.to(self.device)
         crops = warp_affine_hwc(frames, mats.to(self.device), (self.geometry.height, self.geometry.width),
                                 fill=ALIGN_FILL)
-        return crops.to(torch.uint8)  # float -> uint8 truncates, as the official `.to(uint8)`
+        return crops.to(torch.uint8).permute(0, 2, 3, 1).contiguous()  # truncation, as the official `.to(uint8)`
 
     def align(self, frame: np.ndarray, landmarks3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One frame: (crop [h,w,3] uint8, matrix [2,3] float32); advances the smoothing state."""
@@ -138,6 +193,17 @@ class FaceAligner:
         expect(crop.ndim == 3 and crop.shape[2] == 3 and crop.dtype == np.uint8, InvalidInputError, "crop",
                "uint8 [h,w,3]", f"{crop.dtype} {crop.shape}")
         return cv2.resize(crop, (self.resolution, self.resolution), interpolation=cv2.INTER_LANCZOS4)
+
+    def resize_batch_to_model(self, crops: torch.Tensor) -> torch.Tensor:
+        """Crops [N,h,w,3] uint8 -> [N,R,R,3] uint8 on the crops' device, equal to cv2 INTER_LANCZOS4.
+
+        CPU: cv2 per crop (fastest there); other devices: the integer torch port (no host round trip).
+        """
+        expect(crops.ndim == 4 and crops.shape[-1] == 3 and crops.dtype == torch.uint8, InvalidInputError,
+               "crops", "uint8 [N,h,w,3]", f"{crops.dtype} {tuple(crops.shape)}")
+        if crops.device.type != "cpu":
+            return lanczos4_resize(crops, self.resolution)
+        return torch.from_numpy(np.stack([self.resize_to_model(c) for c in crops.numpy()]))
 
     def resize_to_crop(self, faces: torch.Tensor) -> torch.Tensor:
         """Decoded faces [N,3,R,R] float -> [N,3,h,w] (torchvision bicubic antialias resize, no clamp)."""

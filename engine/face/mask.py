@@ -59,12 +59,24 @@ def prepare_masks_and_masked_images(
         faces = faces.permute(0, 3, 1, 2)  # [f,3,H,W]
     size = resolution if resolution is not None else int(faces.shape[-1])
     expect(size in SUPPORTED_RESOLUTIONS, InvalidInputError, "resolution", SUPPORTED_RESOLUTIONS, size)
-    faces = resize_uint8_bicubic(faces, size)
-    mask = load_fixed_mask(size).to(faces.device)  # [3,R,R] f64
-    pixel = (faces / 255.0 - 0.5) / 0.5  # [f,3,R,R] f32
-    masked = (pixel.double() * mask).float()
-    masks = mask[0:1].float().expand(len(faces), 1, size, size).contiguous()
+    faces = resize_uint8_bicubic(faces.contiguous(), size)
+    mask32, soft_index, soft_values = _mask_parts(size, faces.device)
+    pixel = (faces / 255.0).sub_(0.5).mul_(2.0)  # [f,3,R,R] f32; == (x/255 - 0.5)/0.5 exactly (x2 is exact)
+    masked = pixel * mask32  # exact where the mask is 0 or 1
+    if soft_index.numel():  # soft edge pixels: the official float64 product, rounded once
+        flat_pixel, flat_masked = pixel.view(len(faces), -1), masked.view(len(faces), -1)
+        flat_masked[:, soft_index] = (flat_pixel[:, soft_index].double() * soft_values).float()
+    masks = mask32[0:1].expand(len(faces), 1, size, size).contiguous()
     return pixel, masked, masks
+
+
+@lru_cache(maxsize=8)
+def _mask_parts(size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mask [3,R,R] f32, flat indices of its values strictly between 0 and 1, their float64 values)."""
+    mask = load_fixed_mask(size)
+    flat = mask.reshape(-1)
+    soft_index = ((flat > 0) & (flat < 1)).nonzero().flatten()
+    return mask.float().to(device), soft_index.to(device), flat[soft_index].to(device)
 
 
 def mask_to_latent(masks: torch.Tensor) -> torch.Tensor:

@@ -15,13 +15,14 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import InvalidInputError, expect
-from engine.face.warp import as_matrices, invert_affine, sample_bilinear, source_coords
+from engine.face.warp import as_matrices, grid_sample_fill, invert_affine, normalized_grid
 
 RESTORE_FILL = 127.0  # kornia fill of the inverse face warp
 EDGE_DIVISOR = 20  # w_edge = int(sqrt(mask area)) // EDGE_DIVISOR
 KORNIA_EROSION_BORDER = 1e4  # kornia morphology 'geodesic' border (max_val)
 CV2_DEFAULT_KERNEL = 3  # cv2.erode with an empty kernel uses a 3x3 rectangle
 FOOTPRINT_SLACK = 2  # px around the analytic footprint bbox (covers fp32 rounding of the warp)
+WINDOW_SLACK = 3  # px beyond the erosion/blur reach (w_edge, or 1 for the 3x3 default) around the footprint
 
 
 def resize_faces(faces: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
@@ -101,7 +102,7 @@ def face_windows(
     """Per-frame window origins (y0 [N], x0 [N]) and a common size that hold every pixel restore can change.
 
     inverse [N,2,3] crop->frame. The footprint is the image of the crop rectangle (plus one bilinear pixel);
-    the margin covers the cv2 erosion and blur reach for the largest w_edge the footprint allows.
+    the margin covers the cv2 erosion and blur reach (w_edge each way) for the largest w_edge the footprint allows.
     """
     (h, w), (height, width) = crop_hw, frame_hw
     corners = np.array([[-1, -1, 1], [w, -1, 1], [-1, h, 1], [w, h, 1]], dtype=np.float64).T  # [3,4]
@@ -111,7 +112,9 @@ def face_windows(
     lo = np.clip(lo, 0, [width, height]).astype(np.int64)
     hi = np.clip(hi, 0, [width, height]).astype(np.int64)
     area_bound = np.prod(np.maximum(hi - lo, 0), axis=1)
-    margin = 4 * (np.sqrt(area_bound).astype(np.int64) // EDGE_DIVISOR) + 4  # >= erosion reach + blur reach
+    # Outside the footprint E = 0; C = erode(E) and S = blur(C) reach at most w_edge px further, and a window
+    # edge more than w_edge px from the footprint sees only zeros whether padded (inf / reflect) or not.
+    margin = np.sqrt(area_bound).astype(np.int64) // EDGE_DIVISOR + WINDOW_SLACK  # area_bound >= sum(E)
     lo = np.clip(lo - margin[:, None], 0, [width, height])
     hi = np.clip(hi + margin[:, None], 0, [width, height])
     box_w = int(max(1, (hi[:, 0] - lo[:, 0]).max()))
@@ -149,11 +152,12 @@ def restore_batch(
     else:
         y0, x0, box = np.zeros(n, np.int64), np.zeros(n, np.int64), (height, width)
     ys, xs = torch.as_tensor(y0, device=device), torch.as_tensor(x0, device=device)
-    ix, iy = source_coords(inverse, crop_hw, (height, width), ys, xs, box)  # [N,bh,bw]
-    warped, coverage = sample_bilinear(faces, ix, iy, RESTORE_FILL, channels_last=False)  # [N,3|1,bh,bw]
+    gx, gy = normalized_grid(inverse, crop_hw, (height, width), ys, xs, box)  # [N,bh,bw]
+    warped, coverage = grid_sample_fill(faces, gx, gy, RESTORE_FILL)  # [N,3,bh,bw], [N,1,bh,bw]
     inv_face = (warped / 2 + 0.5).clamp(0, 1) * 255
     eroded = kornia_erosion_2x2(coverage)  # [N,1,bh,bw]
     pasted = eroded * inv_face  # [N,3,bh,bw]
+    # area = sum(E), accumulated in float64 (the official sums in its warp dtype; fp16 would overflow at 1080p)
     w_edges = [int(math.sqrt(a)) // EDGE_DIVISOR for a in eroded.double().sum(dim=(1, 2, 3)).tolist()]
     soft = torch.empty_like(eroded)
     for w_edge in sorted(set(w_edges)):  # frames sharing a kernel size run together

@@ -35,11 +35,18 @@ WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)  # data-chunk sizes written by streaming enc
 
 def load_audio(path: str | os.PathLike, *, sample_rate: int = SAMPLE_RATE,
                limits: MediaLimits = MediaLimits()) -> np.ndarray:
-    """Return the first audio stream of `path` as float32 mono [S] at `sample_rate` (module docstring).
+    """Return the first audio stream of `path` as float32 mono [S] at `sample_rate`: load_pcm16(...) / 32768.
 
     Raises InvalidInputError for no audio stream, limits, NaN/Inf samples or zero samples, and
     MediaDecodeError (naming the stream) for truncated or corrupt data.
     """
+    pcm = load_pcm16(path, sample_rate=sample_rate, limits=limits)
+    return pcm.astype(np.float32) / np.float32(INT16_SCALE)
+
+
+def load_pcm16(path: str | os.PathLike, *, sample_rate: int = SAMPLE_RATE,
+               limits: MediaLimits = MediaLimits()) -> np.ndarray:
+    """The first audio stream as int16 mono [S] at `sample_rate` (`ffmpeg -ac 1 -ar 16000 -f s16le`); see load_audio."""
     expect(isinstance(sample_rate, int) and limits.min_sample_rate <= sample_rate <= limits.max_sample_rate,
            InvalidInputError, "sample_rate", f"an int in {limits.min_sample_rate}..{limits.max_sample_rate}",
            sample_rate)
@@ -65,7 +72,7 @@ def load_audio(path: str | os.PathLike, *, sample_rate: int = SAMPLE_RATE,
     pcm = _trim_codec_padding(pcm, a.duration_s, codec_frame, a.sample_rate, sample_rate)
     expect(pcm.size > 0, InvalidInputError, f"{path}: {a.name}", "at least one audio sample",
            "zero-length audio")
-    return pcm.astype(np.float32) / np.float32(INT16_SCALE)
+    return pcm
 
 
 def _check_finite(frame: av.AudioFrame, path, stream) -> None:

@@ -53,6 +53,11 @@ class MediaLimits:
                "min_sample_rate <= max_sample_rate", (self.min_sample_rate, self.max_sample_rate))
 
 
+def describe_stream(index: int, kind: str, codec: str) -> str:
+    """How errors name a stream: 'stream #0 (video, hevc)'."""
+    return f"stream #{index} ({kind}, {codec})"
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     index: int  # stream index in the container
@@ -72,7 +77,7 @@ class VideoInfo:
 
     @property
     def name(self) -> str:
-        return f"stream #{self.index} (video, {self.codec})"
+        return describe_stream(self.index, "video", self.codec)
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,7 @@ class AudioInfo:
 
     @property
     def name(self) -> str:
-        return f"stream #{self.index} (audio, {self.codec})"
+        return describe_stream(self.index, "audio", self.codec)
 
 
 @dataclass(frozen=True)
@@ -249,8 +254,8 @@ def _check_max(what: str, value: float, limit: float, unit: str, field: str) -> 
 
 
 def stream_name(stream) -> str:
-    """How errors name a stream: 'stream #0 (video, hevc)'."""
-    return f"stream #{stream.index} ({stream.type}, {stream.codec_context.name})"
+    """The name of an open PyAV stream in error messages."""
+    return describe_stream(stream.index, stream.type, stream.codec_context.name)
 
 
 def configure_decoder(stream, limits: MediaLimits) -> None:

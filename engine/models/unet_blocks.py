@@ -28,7 +28,7 @@ class FrameJointGroupNorm(nn.GroupNorm):
         stats_in = xg.float() if x.dtype == torch.float16 else xg  # fp16 variance can overflow
         var, mean = torch.var_mean(stats_in, dim=(1, 3, 4), correction=0, keepdim=True)  # [b, 1, G, 1, 1]
         scale = torch.rsqrt(var + self.eps).to(x.dtype) * self.weight.view(1, 1, g, c // g, 1)
-        out = (xg - mean.to(x.dtype)) * scale + self.bias.view(1, 1, g, c // g, 1)
+        out = torch.addcmul(self.bias.view(1, 1, g, c // g, 1), xg - mean.to(x.dtype), scale)
         return out.reshape(bf, c, h, w)
 
 

@@ -220,12 +220,11 @@ class LipSync:
     def _open_video(self, video):
         """-> (frame iterator, (H, W) or None, frame-count estimate or None). Probes files before any model work."""
         if isinstance(video, (str, Path)):
-            from engine.media import iter_video_frames, probe
+            from engine.media import estimate_frame_count, iter_video_frames, probe
 
             info = probe(video, require_video=True)
             v = info.video
-            estimate = int(round(v.duration_s * FPS)) if getattr(v, "duration_s", None) else None
-            return (f.rgb for f in iter_video_frames(video, fps=FPS)), (v.height, v.width), estimate
+            return (f.rgb for f in iter_video_frames(video, fps=FPS)), (v.height, v.width), estimate_frame_count(v)
         if isinstance(video, np.ndarray):
             if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
                 raise InvalidInputError(f"video: expected uint8 frames [T,H,W,3], found {video.dtype} {video.shape}")
@@ -236,9 +235,7 @@ class LipSync:
         from engine.media import VideoWriter
 
         h, w = first.shape[:2]
-        writer = VideoWriter(path, w, h, fps=FPS, crf=crf, audio=plan.trimmed_audio, sample_rate=SAMPLE_RATE)
-        writer.__enter__()
-        return writer
+        return VideoWriter(path, w, h, fps=FPS, crf=crf, audio=plan.trimmed_audio, sample_rate=SAMPLE_RATE)
 
 
 def write_report(result: SyncResult, path: str | Path) -> None:

@@ -100,6 +100,7 @@ class StreamFrame:
     utterance_frame: int | None  # frame index within its utterance
     final: bool  # the last frame of its utterance
     has_face: bool
+    source_index: int  # the source (or avatar) frame it was made from, ping-pong aware
 
     @property
     def time_s(self) -> float:
@@ -443,7 +444,7 @@ class StreamSession:
             if self._closed:
                 return
             k = out.index
-            self._emit(out.rgb, "speech", utt.number, k, out.has_face,
+            self._emit(out.rgb, "speech", utt.number, k, out.has_face, out.source_index,
                        audio_time_s=(utt.audio_offset + k * SAMPLES_PER_FRAME) / SAMPLE_RATE,
                        final=utt.total is not None and k == utt.total - 1)
             if utt.first_frame_wall is None:
@@ -469,7 +470,7 @@ class StreamSession:
             self._make_silence()
             return
         item = next(self._cursor)
-        self._emit(item.frame, "idle", None, None, item.has_face)
+        self._emit(item.frame, "idle", None, None, item.has_face, item.source_index)
 
     def _make_silence(self) -> None:
         from engine.audio import audio_features, frame_windows
@@ -483,13 +484,14 @@ class StreamSession:
         frames = self.core.sync_chunk(self._cursor.take(n), range(n), self._silence_embeds, self.config.sync,
                                       noise, generator, self._aligner, self.timer)
         for out in frames:
-            self._emit(out.rgb, "idle", None, None, out.has_face)
+            self._emit(out.rgb, "idle", None, None, out.has_face, out.source_index)
 
     def _emit(self, rgb: np.ndarray, kind: str, utterance: int | None, utterance_frame: int | None,
-              has_face: bool, *, audio_time_s: float | None = None, final: bool = False) -> None:
+              has_face: bool, source_index: int, *, audio_time_s: float | None = None, final: bool = False) -> None:
         now = time.time()
         frame = StreamFrame(index=self._emitted, audio_time_s=audio_time_s, wall_time=now, rgb=rgb, kind=kind,
-                            utterance=utterance, utterance_frame=utterance_frame, final=final, has_face=has_face)
+                            utterance=utterance, utterance_frame=utterance_frame, final=final, has_face=has_face,
+                            source_index=source_index)
         self._emitted += 1
         # the timeline advances one frame; if rendering fell behind the wall clock, it restarts from now
         self._next_due = max(self._next_due + 1 / FPS, now - 1 / FPS)

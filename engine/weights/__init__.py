@@ -8,6 +8,7 @@ from engine.weights.checkpoints import (
     write_official_unet_checkpoint,
     write_safetensors,
 )
+from engine.weights.convert import convert_model
 from engine.weights.files import ModelFiles, engine_cache_dir, resolve_model
 from engine.weights.loader import (
     LoadedModels,
@@ -18,6 +19,7 @@ from engine.weights.loader import (
     read_unet_state_dict,
 )
 from engine.weights.registry import MODELS, TINY_RANDOM, ModelSpec, get_spec, model_names
+from engine.weights.tiny import ensure_tiny_random
 
 __all__ = [
     "MODELS",
@@ -26,6 +28,8 @@ __all__ = [
     "ModelFiles",
     "ModelSpec",
     "check_state_dict",
+    "convert_model",
+    "ensure_tiny_random",
     "engine_cache_dir",
     "get_spec",
     "load_models",

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -70,12 +71,15 @@ def read_torch_file(path: str | os.PathLike) -> Any:
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except pickle.UnpicklingError as exc:
+        match = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f"the global {match.group(1)}" if match else "code"
         raise CheckpointError(
-            f"{path}: expected tensors and plain containers only, found a pickle that refers to code; "
-            f"refused without running it ({str(exc).splitlines()[0]})"
+            f"{path}: expected tensors and plain containers only, found a pickle that refers to {what}; "
+            "refused without running it"
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: expected a complete torch checkpoint, found a truncated or corrupt one ({exc})") from exc
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: expected a complete torch checkpoint, found a truncated or corrupt one ({detail})") from exc
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:

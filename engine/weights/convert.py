@@ -83,12 +83,15 @@ def convert_model(name_or_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
 
     unet_state = _cast(read_unet_state_dict(files.unet_path, files.unet_config), dtype)
     vae_config, vae_state = read_vae_folder(files.vae_dir)
-    check_state_dict(vae_state, build_vae(vae_config).state_dict(), source=files.vae_dir / VAE_WEIGHTS_FILE)
+    with torch.device("meta"):
+        vae_skeleton = build_vae(vae_config)
+    check_state_dict(vae_state, vae_skeleton.state_dict(), source=files.vae_dir / VAE_WEIGHTS_FILE)
     dims, whisper_state = read_whisper_encoder_state(files.whisper_path)
     load_whisper_encoder({"dims": dims, "model_state_dict": whisper_state})  # strict check of the encoder keys
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         write_safetensors(unet_state, tmp / UNET_SAFETENSORS)
         write_json(files.unet_config, tmp / UNET_CONFIG_JSON)

@@ -19,6 +19,7 @@ from engine.weights.registry import RESOLUTIONS, VAE_CONFIG_FILE, VAE_WEIGHTS_FI
 log = logging.getLogger(__name__)
 
 VAE_LEGACY_WEIGHTS_FILE = "diffusion_pytorch_model.bin"
+COMPUTED_BUFFER_SUFFIX = ".pos_encoder.pe"  # deterministic sinusoid tables, recomputed when absent
 # Old diffusers VAE attention names (sd-vae-ft-mse's hub file predates the rename) -> current names.
 _VAE_LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
@@ -40,20 +41,38 @@ def _has_meta(module: torch.nn.Module) -> bool:
     return any(t.is_meta for t in itertools.chain(module.parameters(), module.buffers()))
 
 
+def _meta_unet(config: dict):
+    from engine.models import LatentSyncUNet
+
+    with torch.device("meta"):
+        return LatentSyncUNet.from_config(config)
+
+
+def _checked_unet_state(path: str | os.PathLike, skeleton: torch.nn.Module) -> dict[str, Tensor]:
+    from engine.models.unet_motion import PositionalEncoding
+
+    state = read_state_dict(path)
+    expected = skeleton.state_dict()
+    computed = [k for k in expected if k.endswith(COMPUTED_BUFFER_SUFFIX) and k not in state]
+    for key in computed:
+        _, max_len, dim = expected[key].shape  # [1, max_len, C]
+        state[key] = PositionalEncoding(dim, max_len).pe
+    if computed:
+        log.info("%s: %d temporal position tables not stored; computed them", path, len(computed))
+    check_state_dict(state, expected, source=path)
+    return state
+
+
 def read_unet_state_dict(path: str | os.PathLike, config: dict) -> dict[str, Tensor]:
     """The U-Net tensors of `path` (official .pt or safetensors), strictly checked against `config`.
 
     Unlike the official loader (which silently drops conv_in/conv_out/attn2.to_k/to_v tensors whose
     dims disagree and ignores missing/unexpected keys), any missing, unexpected or mis-shaped key is a
     CheckpointError naming the file, the key, the expected and the found shape. `global_step` is ignored.
+    The one leniency: absent motion-module position tables (`...pos_encoder.pe`, fixed sinusoids that
+    are not learned) are computed, since whether the released files store them is unverified.
     """
-    from engine.models import LatentSyncUNet
-
-    state = read_state_dict(path)
-    with torch.device("meta"):
-        skeleton = LatentSyncUNet.from_config(config)
-    check_state_dict(state, skeleton.state_dict(), source=path)
-    return state
+    return _checked_unet_state(path, _meta_unet(config))
 
 
 def load_unet_checkpoint(path: str | os.PathLike, config: dict, *, device: str | torch.device = "cpu",
@@ -61,12 +80,12 @@ def load_unet_checkpoint(path: str | os.PathLike, config: dict, *, device: str |
     """A LatentSyncUNet (eval, no grad) built from `config` with the weights of `path`, strict (see above)."""
     from engine.models import LatentSyncUNet
 
-    state = read_unet_state_dict(path, config)
-    with torch.device("meta"):
-        model = LatentSyncUNet.from_config(config)
-    model.load_state_dict(state, strict=True, assign=True)  # no second full-size fp32 init
+    model = _meta_unet(config)
+    state = _checked_unet_state(path, model)
+    model.load_state_dict(state, strict=True, assign=True)  # no full-size random init, global RNG untouched
     if _has_meta(model):  # non-persistent buffers are not in the checkpoint: build them for real
-        model = LatentSyncUNet.from_config(config)
+        with torch.random.fork_rng(devices=[]):
+            model = LatentSyncUNet.from_config(config)
         model.load_state_dict(state, strict=True)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
@@ -101,9 +120,12 @@ def load_vae(vae_dir: str | os.PathLike, *, device: str | torch.device = "cpu", 
     from engine.models.vae import build_vae
 
     config, state = read_vae_folder(vae_dir)
-    vae = build_vae(config)
+    with torch.device("meta"):
+        vae = build_vae(config)
     check_state_dict(state, vae.state_dict(), source=Path(vae_dir) / VAE_WEIGHTS_FILE)
-    vae.load_state_dict(state, strict=True)
+    vae.load_state_dict(state, strict=True, assign=True)  # no random init, global RNG untouched
+    if _has_meta(vae):
+        raise CheckpointError(f"{vae_dir}: expected every VAE tensor in the checkpoint, found some left uninitialised")
     # nn.Module.to: diffusers' ModelMixin.to only adds a warning here (AutoencoderKL keeps nothing in fp32).
     return torch.nn.Module.to(vae, device=device, dtype=dtype)
 
@@ -114,10 +136,12 @@ def load_whisper(path: str | os.PathLike, *, device: str | torch.device = "cpu")
 
     payload = read_checkpoint(path)  # the same safe reader and errors as every other file
     if Path(path).suffix == ".safetensors":
-        return load_whisper_encoder(path).to(device)  # dims live in the file's metadata
-    if not isinstance(payload, dict):
+        payload = path  # dims live in the file's metadata
+    elif not isinstance(payload, dict):
         raise CheckpointError(f"{path}: expected {{'dims', 'model_state_dict'}}, found {type(payload).__name__}")
-    return load_whisper_encoder(payload).to(device)
+    with torch.random.fork_rng(devices=[]):  # the encoder is built with a random init first
+        encoder = load_whisper_encoder(payload)
+    return encoder.to(device)
 
 
 def pick_resolution(files: ModelFiles, resolution: int | None) -> int:

@@ -114,6 +114,7 @@ def ensure_tiny_random(cache_dir: str | os.PathLike | None = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     log.warning("%s; writing it to %s", TINY_WARNING, target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{TINY_RANDOM}.", dir=root))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         write_tiny_random(tmp)
         if target.exists() and not _is_complete(target):  # stale version or a broken copy

@@ -1,0 +1,54 @@
+"""`engine bench`: per-network latency and throughput of every available backend, vs eager PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    from engine.cli.export import ALL_NETWORKS
+
+    p = subparsers.add_parser("bench", help="benchmark backends per network", description=__doc__)
+    p.add_argument("--model", default="tiny-random", help="model name or directory, as `engine run --model`")
+    p.add_argument("--backends", default="torch,compile,onnxruntime,tensorrt",
+                   help="comma-separated; unavailable ones are reported with the reason")
+    p.add_argument("--networks", default=",".join(ALL_NETWORKS), help="comma-separated network specs")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16")
+    p.add_argument("--batch", type=int, default=2, help="U-Net batch (2 = classifier-free guidance)")
+    p.add_argument("--frames", type=int, default=16, help="frames per chunk (U-Net frames, VAE images)")
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--artifacts", help="artifact folder for ONNX files / engines (default: the engine cache)")
+    p.add_argument("--out", default="benchmarks/results/backends.json", help="JSON output (PNG beside it)")
+    p.add_argument("--offline", action="store_true")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from engine.backends.bench import BenchSettings, bench_networks, format_table, write_results
+    from engine.backends.select import BACKENDS, BackendContext, BackendOptions
+    from engine.cli.export import parse_networks
+    from engine.errors import InvalidInputError, expect
+    from engine.pipeline.device import choose_placement
+    from engine.weights import load_models
+    from export.specs import ShapeSettings
+
+    networks = parse_networks(args.networks)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    expect(all(b in BACKENDS for b in backends), InvalidInputError, "--backends", BACKENDS, args.backends)
+    placement = choose_placement(args.device, args.dtype)
+    models = load_models(args.model, device=placement.device, dtype=placement.dtype, offline=args.offline)
+    ctx = BackendContext.of(models, placement.device, BackendOptions(artifact_dir=args.artifacts))
+    latent = models.resolution // 8
+    unet_shape = ShapeSettings(batch=args.batch, frames=args.frames, height=latent, width=latent)
+    shapes = {"unet": unet_shape, "unet_shallow": unet_shape,
+              "vae_encoder": ShapeSettings(batch=args.frames, height=latent, width=latent),
+              "vae_decoder": ShapeSettings(batch=args.frames, height=latent, width=latent),
+              "audio_encoder": ShapeSettings(batch=1)}
+    rows = bench_networks(ctx, networks, backends, shapes, BenchSettings(warmup=args.warmup, iters=args.iters),
+                          label=models.name)
+    out = write_results(rows, args.out, extra={"settings": vars(args) | {"func": None}})
+    print(format_table(rows))
+    print(f"wrote {out}")
+    return 0

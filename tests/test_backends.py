@@ -1,0 +1,169 @@
+"""Backends behind one interface: request parsing, R18 (no silent fallback), auto's one log line, parity."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from engine.backends import (
+    BACKENDS,
+    BackendOptions,
+    availability,
+    create_runners,
+    parse_backend_request,
+    select_unet_runner,
+    unavailable_reason,
+)
+from engine.errors import BackendUnavailableError, IncompatibleEngineError, InvalidInputError
+
+pytest.importorskip("onnxruntime")
+
+ATOL = 1e-4  # fp32 ONNX Runtime vs eager PyTorch on the tiny model
+
+
+@pytest.fixture(scope="module")
+def models():
+    from engine.weights import load_models
+
+    return load_models("tiny-random")
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    return tmp_path_factory.mktemp("artifacts")
+
+
+@pytest.fixture(scope="module")
+def ort_runners(models, artifacts):
+    """Explicit onnxruntime: exports what is missing into `artifacts`."""
+    return create_runners(models, "onnxruntime", options=BackendOptions(artifact_dir=artifacts))
+
+
+@pytest.fixture(scope="module")
+def torch_runners(models):
+    return create_runners(models, "torch")
+
+
+def _unet_inputs(batch=2, frames=3, size=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sample = torch.randn(batch, 13, frames, size, size, generator=g)
+    ehs = torch.randn(batch * frames, 50, 384, generator=g)
+    return sample, ehs
+
+
+def test_parse_backend_request():
+    assert parse_backend_request("auto") == {"unet": "auto", "vae": "auto", "audio": "auto"}
+    assert parse_backend_request("TensorRT") == {"unet": "tensorrt", "vae": "tensorrt", "audio": "tensorrt"}
+    assert parse_backend_request("unet=tensorrt, vae=torch") == {"unet": "tensorrt", "vae": "torch", "audio": "auto"}
+    assert parse_backend_request("audio_encoder=onnxruntime")["audio"] == "onnxruntime"
+    with pytest.raises(InvalidInputError, match="backend: expected one of"):
+        parse_backend_request("trt2")
+    with pytest.raises(InvalidInputError, match="backend group"):
+        parse_backend_request("text=torch")
+
+
+def test_availability_reports_reason_for_each_backend():
+    report = availability("cpu")
+    assert set(BACKENDS) <= set(report)
+    assert report["torch"] == {"available": True, "why_not": None}
+    assert report["tensorrt"]["available"] is False and "CUDA" in report["tensorrt"]["why_not"]
+    assert report["onnxruntime"]["available"] is True
+
+
+def test_explicit_tensorrt_never_falls_back(models):
+    with pytest.raises(BackendUnavailableError, match="unet backend tensorrt: expected it to run on cpu"):
+        create_runners(models, "tensorrt")
+    with pytest.raises(BackendUnavailableError):
+        select_unet_runner("tensorrt", models)
+    if not torch.cuda.is_available():
+        assert unavailable_reason("tensorrt", "cuda") is not None
+
+
+def test_explicit_onnxruntime_without_artifacts_and_no_build_raises(models, tmp_path):
+    with pytest.raises(IncompatibleEngineError, match=r"not exported yet \(run `engine export`\)"):
+        create_runners(models, "vae=onnxruntime,unet=torch,audio=torch",
+                       options=BackendOptions(artifact_dir=tmp_path, allow_build=False))
+
+
+def test_auto_without_artifacts_uses_torch_with_one_warning(models, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="engine.backends.select"):
+        runners = create_runners(models, "auto", options=BackendOptions(artifact_dir=tmp_path))
+    assert runners.choice == {"unet": "torch", "vae": "torch", "audio": "torch"}
+    records = [r for r in caplog.records if r.name == "engine.backends.select"]
+    assert len(records) == 1 and records[0].levelno == logging.WARNING
+    message = records[0].getMessage()
+    assert message.count("not exported yet (run `engine export`)") == 3  # one reason per group, one line
+    assert all(f"onnxruntime ({group})" in message for group in ("unet", "vae", "audio"))
+    assert not any(tmp_path.iterdir())  # auto never exports or builds
+
+
+def test_onnxruntime_unet_runner_matches_torch_full_shallow_and_forward(ort_runners, torch_runners, models):
+    sample, ehs = _unet_inputs()
+    t = torch.tensor([981, 981])
+    noise, deep = ort_runners.unet.forward_full(sample, t, ehs)
+    ref_noise, ref_deep = torch_runners.unet.forward_full(sample, t, ehs)
+    assert deep.shape == (2, 32, 3, 8, 8)
+    torch.testing.assert_close(noise, ref_noise, rtol=0, atol=ATOL)
+    torch.testing.assert_close(deep, ref_deep, rtol=0, atol=ATOL)
+    with torch.no_grad():  # the torch runner is the module itself; scalar timesteps work too
+        torch.testing.assert_close(ref_noise, models.unet(sample, torch.tensor(981), ehs), rtol=0, atol=0)
+    shallow = ort_runners.unet.forward_shallow(sample, 500, ehs, deep)
+    torch.testing.assert_close(shallow, torch_runners.unet.forward_shallow(sample, 500, ehs, ref_deep), rtol=0, atol=ATOL)
+    assert not torch.allclose(shallow, noise, atol=1e-3)  # the timestep really matters
+    torch.testing.assert_close(ort_runners.unet(sample, 981, ehs), noise, rtol=0, atol=0)
+
+
+def test_onnxruntime_runner_rejects_bad_shapes_with_expected_and_found(ort_runners):
+    sample, _ = _unet_inputs()
+    with pytest.raises(InvalidInputError, match=r"encoder_hidden_states shape: expected \(6, 50, 384\)"):
+        ort_runners.unet.forward(sample, 981, torch.zeros(4, 50, 384))
+
+
+def test_onnxruntime_vae_and_audio_match_torch(ort_runners, torch_runners, models):
+    from engine.models.vae import vae_decode, vae_encode
+
+    pixels = torch.rand(3, 3, 64, 64) * 2 - 1
+    mean, std = ort_runners.vae.posterior(pixels)
+    ref_mean, ref_std = torch_runners.vae.posterior(pixels)
+    torch.testing.assert_close(mean, ref_mean, rtol=0, atol=ATOL)
+    torch.testing.assert_close(std, ref_std, rtol=0, atol=ATOL)
+    latents = ort_runners.vae.encode(pixels, generator=torch.Generator().manual_seed(5))
+    official = vae_encode(models.vae, pixels, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(latents, official, rtol=0, atol=ATOL)
+    torch.testing.assert_close(ort_runners.vae.decode_latents(latents), vae_decode(models.vae, latents), rtol=0, atol=ATOL)
+    mel = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(ort_runners.audio_encoder(mel), models.audio_encoder(mel), rtol=0, atol=ATOL)
+
+
+def test_auto_uses_existing_exports_and_per_group_choice(ort_runners, models, artifacts, caplog):
+    with caplog.at_level(logging.INFO, logger="engine.backends.select"):
+        runners = create_runners(models, "auto", options=BackendOptions(artifact_dir=artifacts))
+    assert runners.choice == {"unet": "onnxruntime", "vae": "onnxruntime", "audio": "onnxruntime"}
+    assert [r.levelno for r in caplog.records if r.name == "engine.backends.select"] == [logging.INFO]
+    mixed = create_runners(models, "unet=onnxruntime,vae=torch,audio=torch", options=BackendOptions(artifact_dir=artifacts))
+    assert mixed.choice == {"unet": "onnxruntime", "vae": "torch", "audio": "torch"}
+    assert mixed.unet.backend == "onnxruntime" and mixed.vae.backend == "torch"
+
+
+def test_onnxruntime_runner_drives_the_deepcache_ddim_loop(ort_runners, models):
+    from engine.scheduler import denoise
+
+    g = torch.Generator().manual_seed(3)
+    shape = (1, 4, 2, 8, 8)
+    latents, masked, ref = (torch.randn(shape, generator=g) for _ in range(3))
+    mask = (torch.rand((1, 1, 2, 8, 8), generator=g) > 0.5).float()
+    audio = torch.randn(2, 50, 384, generator=g)
+    kwargs = dict(steps=3, guidance_scale=1.5, deepcache_interval=2)
+    got = denoise(ort_runners.unet, latents, mask, masked, ref, audio, **kwargs)
+    want = denoise(models.unet, latents, mask, masked, ref, audio, **kwargs)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_compile_backend_matches_torch(models, torch_runners):
+    runners = create_runners(models, "vae=compile,unet=torch,audio=torch")
+    z = torch.randn(2, 4, 8, 8)
+    torch.testing.assert_close(runners.vae.decode(z), torch_runners.vae.decode(z), rtol=0, atol=ATOL)

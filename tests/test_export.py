@@ -1,0 +1,176 @@
+"""ONNX export by spec: names, dynamic axes, onnx.checker, IR pin, and ONNX Runtime parity with PyTorch."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from engine.errors import InvalidInputError
+from export import IR_VERSION, SPECS, BuildShape, ShapeSettings, export_onnx, geometry_of, get_spec, wrap
+from export.onnx_export import ensure_onnx, stale_reason, export_fields
+from export.artifacts import weights_sha256
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+FP32_ATOL = 1e-4  # tiny model, fp32 ORT vs PyTorch (measured <= 2.3e-5)
+FP16_ATOL = 2e-2  # fp16 graph vs fp32 PyTorch (measured 3.7e-3 on the tiny VAE decoder, |x| up to 3)
+
+
+def _ort_run(path, feeds: dict[str, torch.Tensor]) -> list[np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {k: v.numpy() for k, v in feeds.items()})
+
+
+def _torch_run(network: str, module, feeds: dict[str, torch.Tensor]) -> list[np.ndarray]:
+    with torch.no_grad():
+        out = wrap(network, module)(*feeds.values())
+    return [t.float().numpy() for t in (out if isinstance(out, tuple) else (out,))]
+
+
+@pytest.fixture(scope="module")
+def tiny_vae():
+    from engine.models.vae import build_vae, tiny_vae_config
+
+    torch.manual_seed(0)
+    return build_vae(tiny_vae_config())
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    from engine.weights import load_models
+
+    return load_models("tiny-random")
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_models, tmp_path_factory):
+    """`engine export --model tiny-random --out DIR` run once; the parity tests read its files."""
+    from engine.cli import main
+
+    out = tmp_path_factory.mktemp("onnx")
+    assert main(["export", "--model", "tiny-random", "--out", str(out), "--device", "cpu"]) == 0
+    return out
+
+
+def test_specs_names_axes_and_profiles():
+    unet = get_spec("unet")
+    assert unet.input_names == ("sample", "timestep", "encoder_hidden_states")
+    assert unet.output_names == ("noise_pred", "deep_feature")
+    assert get_spec("unet_shallow").input_names[-1] == "deep_feature"
+    assert unet.dynamic_axes()["sample"] == {0: "batch", 2: "frames", 3: "height", 4: "width"}
+    assert unet.dynamic_axes()["encoder_hidden_states"] == {0: "batch_x_frames"}
+    assert get_spec("audio_encoder").dynamic_axes()["mel"] == {0: "batch", 2: "length"}
+    geometry = geometry_of()  # official sizes
+    profile = unet.profile(geometry, BuildShape(batch=2, frames=16, latent_size=64))
+    assert profile["sample"] == ((1, 13, 1, 64, 64), (2, 13, 16, 64, 64), (2, 13, 16, 64, 64))
+    assert profile["encoder_hidden_states"] == ((1, 50, 384), (32, 50, 384), (32, 50, 384))
+    assert profile["timestep"] == ((1,), (2,), (2,))
+    vae = get_spec("vae_decoder").profile(geometry, BuildShape(frames=16, latent_size=32))
+    assert vae["latents"] == ((1, 4, 32, 32), (16, 4, 32, 32), (16, 4, 32, 32))
+    audio = get_spec("audio_encoder").profile(geometry, BuildShape(audio_batch=4))
+    assert audio["mel"] == ((1, 80, 3000), (4, 80, 3000), (4, 80, 3000))
+    assert set(SPECS) == {"unet", "unet_shallow", "vae_encoder", "vae_decoder", "audio_encoder"}
+
+
+def test_check_inputs_names_expected_and_found():
+    spec, geometry = get_spec("unet"), geometry_of()
+    feeds = spec.sample_inputs(geometry, ShapeSettings(batch=2, frames=3, height=4, width=4))
+    assert spec.check_inputs(feeds, geometry) == ShapeSettings(batch=2, frames=3, height=4, width=4)
+    feeds["encoder_hidden_states"] = torch.zeros(5, 50, 384)  # rows must be batch*frames = 6
+    with pytest.raises(InvalidInputError, match=r"encoder_hidden_states shape: expected \(6, 50, 384\), found \(5, 50, 384\)"):
+        spec.check_inputs(feeds, geometry)
+    with pytest.raises(InvalidInputError, match="network"):
+        get_spec("text_encoder")
+
+
+def test_export_vae_checker_ir_and_parity_at_new_shapes(tiny_vae, tmp_path):
+    geometry = geometry_of(vae=tiny_vae)
+    for network in ("vae_encoder", "vae_decoder"):
+        path = export_onnx(network, tiny_vae, tmp_path)
+        onnx.checker.check_model(str(path))
+        model = onnx.load(str(path))
+        assert model.ir_version == IR_VERSION
+        assert [i.name for i in model.graph.input] == list(get_spec(network).input_names)
+        assert [o.name for o in model.graph.output] == list(get_spec(network).output_names)
+        # traced at batch 2 / 8x8 latents; run at batch 3 / 12x12 (dynamic axes really dynamic)
+        feeds = get_spec(network).sample_inputs(geometry, ShapeSettings(batch=3, height=12, width=12), seed=3)
+        for got, want in zip(_ort_run(path, feeds), _torch_run(network, tiny_vae, feeds)):
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=0, atol=FP32_ATOL)
+
+
+def test_export_fp16_vae_decoder_tolerance(tiny_vae, tmp_path):
+    half = copy.deepcopy(tiny_vae).half()
+    path = export_onnx("vae_decoder", half, tmp_path)
+    assert path.name == "vae_decoder.fp16.onnx"
+    feeds = get_spec("vae_decoder").sample_inputs(geometry_of(vae=tiny_vae), ShapeSettings(batch=2, height=8, width=8))
+    got = _ort_run(path, {k: v.half() for k, v in feeds.items()})[0].astype(np.float32)
+    want = _torch_run("vae_decoder", tiny_vae, feeds)[0]
+    err = float(np.abs(got - want).max())
+    assert 0 < err < FP16_ATOL, err  # fp16 really ran (non-zero error) and stays within tolerance
+
+
+@pytest.mark.parametrize("network", ["unet", "unet_shallow", "vae_encoder", "vae_decoder", "audio_encoder"])
+def test_engine_export_tiny_random_matches_pytorch(network, exported, tiny_models):
+    from export.onnx_export import onnx_filename
+
+    path = exported / onnx_filename(network)
+    assert path.exists() and json.loads((path.parent / (path.name + ".json")).read_text())["network"] == network
+    onnx.checker.check_model(str(path))
+    assert onnx.load(str(path), load_external_data=False).ir_version == IR_VERSION
+    module = {"unet": tiny_models.unet, "unet_shallow": tiny_models.unet, "vae_encoder": tiny_models.vae,
+              "vae_decoder": tiny_models.vae, "audio_encoder": tiny_models.audio_encoder}[network]
+    geometry = geometry_of(unet=tiny_models.unet, vae=tiny_models.vae, audio_encoder=tiny_models.audio_encoder)
+    # shapes unlike the traced ones: batch 1, 5 frames, 8x8 latents, 600 mel frames
+    feeds = get_spec(network).sample_inputs(geometry, ShapeSettings(batch=1, frames=5, height=8, width=8, length=600), seed=7)
+    for got, want in zip(_ort_run(path, feeds), _torch_run(network, module, feeds)):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=FP32_ATOL)
+
+
+def test_ensure_onnx_reuses_current_and_reexports_changed_weights(tiny_vae, tmp_path, caplog):
+    vae = copy.deepcopy(tiny_vae)
+    first = ensure_onnx("vae_decoder", vae, tmp_path)
+    mtime = first.stat().st_mtime_ns
+    assert ensure_onnx("vae_decoder", vae, tmp_path) == first and first.stat().st_mtime_ns == mtime
+    with torch.no_grad():
+        vae.decoder.conv_out.bias.add_(1.0)
+    assert "weights_sha256" in stale_reason(first, export_fields("vae_decoder", torch.float32, weights_sha256(vae)))
+    with caplog.at_level(logging.INFO, logger="export.onnx_export"):
+        again = ensure_onnx("vae_decoder", vae, tmp_path)
+    assert again == first and again.stat().st_mtime_ns != mtime
+    assert any("weights_sha256" in r.getMessage() for r in caplog.records)
+    (tmp_path / (first.name + ".json")).unlink()  # a file without manifest is never trusted
+    assert stale_reason(first, export_fields("vae_decoder", torch.float32, weights_sha256(vae))) == "no manifest beside it"
+
+
+def test_export_rejects_unknown_network(tiny_vae, tmp_path):
+    with pytest.raises(InvalidInputError, match="network: expected one of"):
+        export_onnx("vae", tiny_vae, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_large_model_layout_gathers_external_tensors_into_one_data_file(tiny_vae, tmp_path):
+    """Graphs over 2 GiB come from torch as one file per tensor; they are gathered into <name>.onnx.data."""
+    from export.onnx_export import _finalise
+
+    exported = export_onnx("vae_decoder", tiny_vae, tmp_path / "small")
+    raw_dir = tmp_path / "raw"
+    raw_dir.mkdir()
+    model = onnx.load(str(exported))
+    onnx.save_model(model, str(raw_dir / "raw.onnx"), save_as_external_data=True, all_tensors_to_one_file=False,
+                    size_threshold=0)
+    assert len(list(raw_dir.iterdir())) > 10  # torch's > 2 GiB layout: many files
+    dest = tmp_path / "out" / "vae_decoder.onnx"
+    dest.parent.mkdir()
+    _finalise(raw_dir / "raw.onnx", dest, network="vae_decoder", ir_version=IR_VERSION)
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["vae_decoder.onnx", "vae_decoder.onnx.data"]
+    onnx.checker.check_model(str(dest))
+    feeds = get_spec("vae_decoder").sample_inputs(geometry_of(vae=tiny_vae), ShapeSettings(batch=1, height=8, width=8))
+    np.testing.assert_array_equal(_ort_run(dest, feeds)[0], _ort_run(exported, feeds)[0])

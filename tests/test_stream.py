@@ -1,0 +1,295 @@
+"""Streaming SDK: utterance mode equals the offline run bit for bit, live mode, avatars, bounds and cancellation."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from engine.constants import SAMPLE_RATE, SAMPLES_PER_FRAME
+from engine.errors import InvalidInputError, QueueFullError
+from stream_helpers import SOURCE_FRAMES, demo1_inputs, fast_settings, micro_sync
+
+SPEECH_SAMPLES = 14_400  # 0.9 s of demo1 speech -> 45 feature rows -> 24 frames (two chunks of 16, ping-pong)
+
+
+@pytest.fixture(scope="module")
+def sync():
+    return micro_sync()
+
+
+@pytest.fixture(scope="module")
+def inputs(golden):
+    frames, landmarks, audio = demo1_inputs(golden)
+    return frames, landmarks, audio[:SPEECH_SAMPLES]
+
+
+def _faces(landmarks):
+    from engine.pipeline.faces import LandmarkArraySource
+
+    return LandmarkArraySource(landmarks)
+
+
+def _session(sync, source, landmarks=None, **config):
+    from engine.stream import StreamConfig, StreamSession
+
+    config.setdefault("realtime", False)
+    config.setdefault("sync", fast_settings())
+    return StreamSession(sync, source, StreamConfig(**config), face=None if landmarks is None else _faces(landmarks))
+
+
+def _run_utterance(session, speech) -> list:
+    session.push_audio(speech)
+    session.end_of_speech()
+    session.finish()
+    frames = list(session.frames(timeout=300))
+    session.close()
+    return frames
+
+
+@pytest.fixture(scope="module")
+def offline(sync, inputs):
+    frames, landmarks, speech = inputs
+    return sync(frames, speech, steps=1, guidance=1.0, face=_faces(landmarks)).frames  # [L,H,W,3]
+
+
+@pytest.fixture(scope="module")
+def avatar(sync, inputs, tmp_path_factory):
+    from engine.stream import prepare_avatar
+
+    frames, landmarks, _ = inputs
+    return prepare_avatar(sync, frames, tmp_path_factory.mktemp("avatars") / "demo1", face=_faces(landmarks))
+
+
+def test_utterance_mode_is_bit_identical_to_offline(sync, inputs, offline):
+    from engine.audio import official_frame_count
+    from engine.audio.features import audio_features
+
+    frames, landmarks, speech = inputs
+    out = _run_utterance(_session(sync, frames, landmarks, mode="utterance"), speech)
+    expected_count = official_frame_count(audio_features(speech, sync.core.audio_encoder).shape[0])
+    assert len(out) == expected_count == len(offline)
+    assert [f.index for f in out] == list(range(len(out)))
+    assert all(f.kind == "speech" and f.utterance == 0 for f in out)
+    assert [f.final for f in out] == [False] * (len(out) - 1) + [True]
+    assert [f.audio_time_s for f in out] == [k * SAMPLES_PER_FRAME / SAMPLE_RATE for k in range(len(out))]
+    assert np.array_equal(np.stack([f.rgb for f in out]), offline)
+
+
+@pytest.mark.parametrize("chunk", [8, 12, 16])
+def test_live_mode_makes_chunks_before_the_end_and_the_official_count(sync, inputs, offline, chunk):
+    from engine.stream.live_features import samples_needed
+
+    frames, landmarks, speech = inputs
+    session = _session(sync, frames, landmarks, mode="live", chunk_frames=chunk, lookahead_ms=0)
+    first = samples_needed(chunk - 1, 0)
+    assert first < speech.size
+    pcm16 = np.round(speech * 32767).astype(np.int16)
+    for piece in np.array_split(pcm16[:first], 3):  # int16 in uneven pieces
+        session.push_audio(piece)
+    early = [session.next_frame(timeout=300) for _ in range(chunk)]  # made before the speech ended
+    assert all(f is not None and f.kind == "speech" for f in early)
+    session.push_audio(speech[first:])  # float32 for the rest
+    session.end_of_speech()
+    session.finish()
+    out = early + list(session.frames(timeout=300))
+    session.close()
+    assert len(out) == len(offline)  # the official frame count once the utterance has ended
+    assert [f.utterance_frame for f in out] == list(range(len(out)))
+    assert out[-1].final and not any(f.final for f in out[:-1])
+    assert session.stats["chunks"] == -(-len(out) // chunk)
+
+
+def test_live_feature_drift_is_sane_and_shrinks_with_lookahead(sync, media):
+    from engine.audio import official_frame_count
+    from engine.audio.features import audio_features
+    from engine.media import load_audio
+    from engine.stream.live_features import live_feature_drift
+
+    speech = load_audio(media / "demo1_audio.wav")[: 2 * SAMPLE_RATE]
+    encoder = sync.core.audio_encoder
+    drift = {ms: live_feature_drift(speech, encoder, lookahead_ms=ms, chunk_frames=16) for ms in (0, 480)}
+    frames = official_frame_count(audio_features(speech, encoder).shape[0])
+    for d in drift.values():
+        assert d["frames"] == frames
+        assert 0.0 < d["mean_relative_l2"] <= d["max_relative_l2"] < 2.0
+    assert drift[480]["mean_relative_l2"] < drift[0]["mean_relative_l2"]
+
+
+def test_avatar_session_matches_offline_skips_vae_encode_and_loops(sync, inputs, offline, avatar, monkeypatch):
+    import engine.models.vae as vae_module
+    from engine.pipeline.frames import pingpong_index
+
+    encodes = []
+    real_encode = vae_module.vae_encode
+    monkeypatch.setattr(vae_module, "vae_encode", lambda *a, **k: encodes.append(1) or real_encode(*a, **k))
+    _, _, speech = inputs
+    got: list = []
+    from engine.stream import StreamConfig, StreamSession
+
+    session = StreamSession(sync, avatar, StreamConfig(mode="utterance", realtime=False, sync=fast_settings()),
+                            on_frame=got.append)  # callback delivery, from the worker thread
+    session.push_audio(speech)
+    session.end_of_speech()
+    session.close(drain=True, timeout=300)
+    assert not encodes
+    assert session.stats["stage_seconds"].get("vae_encode", 0.0) < 0.05 * session.stats["stage_seconds"]["unet"]
+    assert len(got) == len(offline) > 2 * SOURCE_FRAMES
+    assert [f.source_index for f in got] == [pingpong_index(j, SOURCE_FRAMES) for j in range(len(got))]
+    diff = np.abs(np.stack([f.rgb for f in got]).astype(np.int16) - offline)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # measured: identical on CPU fp32
+
+
+def test_avatar_for_another_model_or_damaged_is_refused(sync, avatar, tmp_path):
+    import copy
+
+    from engine.models.vae import build_vae, tiny_vae_config
+    from engine.stream import Avatar
+
+    other = copy.copy(sync)
+    other.core = copy.copy(sync.core)
+    other.core.resolution = 512
+    with pytest.raises(InvalidInputError, match="avatar resolution: expected 512 .*found 256"):
+        _session(other, avatar)
+    other.core.resolution, other.core.vae = 256, build_vae(tiny_vae_config())
+    with pytest.raises(InvalidInputError, match="avatar VAE fingerprint"):
+        _session(other, avatar)
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(avatar.path, damaged)
+    manifest = json.loads((damaged / "manifest.json").read_text())
+    (damaged / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(InvalidInputError, match="format version: expected 1, found 99"):
+        Avatar(damaged)
+    (damaged / "manifest.json").write_text(json.dumps(manifest))
+    with open(damaged / "posterior.raw", "r+b") as f:
+        f.truncate(os.path.getsize(damaged / "posterior.raw") - 4)
+    with pytest.raises(InvalidInputError, match="posterior.raw: expected"):
+        Avatar(damaged)
+    with pytest.raises(InvalidInputError, match="manifest.json"):
+        Avatar(tmp_path / "missing")
+
+
+def test_full_speech_queue_is_refused_at_once(sync, inputs):
+    frames, landmarks, _ = inputs
+    session = _session(sync, frames, landmarks, mode="utterance", max_queued_seconds=1.0)
+    try:
+        session.push_audio(np.zeros(12_000, np.float32))
+        t0 = time.perf_counter()
+        with pytest.raises(QueueFullError, match="at most 1 s waiting"):
+            session.push_audio(np.zeros(6_400, np.float32))
+        assert time.perf_counter() - t0 < 0.5
+        session.push_audio(np.zeros(4_000, np.float32))  # what still fits is accepted
+    finally:
+        session.close()
+
+
+@pytest.mark.parametrize("chunk, match", [
+    (np.zeros(640, np.float64), "int16 or float32"),
+    (np.zeros((640, 2), np.int16), r"mono samples \[n\]"),
+    (np.array([0.0, np.nan], np.float32), "finite"),
+    (np.full(10, 3.0, np.float32), r"in \[-1, 1\]"),
+    (np.zeros(640, np.int32), "int16 or float32"),
+])
+def test_bad_audio_chunks_are_refused_with_expected_and_found(sync, inputs, chunk, match):
+    frames, landmarks, _ = inputs
+    with _session(sync, frames, landmarks) as session:
+        with pytest.raises(InvalidInputError, match=match):
+            session.push_audio(chunk)
+
+
+def test_boundary_checks_rate_order_whole_frames_and_sources(sync, inputs):
+    frames, landmarks, _ = inputs
+    with _session(sync, frames, landmarks, whole_frame_chunks=True) as session:
+        with pytest.raises(InvalidInputError, match="sample rate: expected 16000, found 8000"):
+            session.push_audio(np.zeros(640, np.int16), sample_rate=8000)
+        with pytest.raises(InvalidInputError, match="multiple of 640 samples.*found 100"):
+            session.push_audio(np.zeros(100, np.int16))
+        session.push_audio(np.zeros(640, np.int16), offset=0)
+        with pytest.raises(InvalidInputError, match="offset: expected 640 .*found 0"):
+            session.push_audio(np.zeros(640, np.int16), offset=0)
+    with pytest.raises(InvalidInputError, match=r"frame 0: expected uint8 array \[H,W,3\]"):
+        _session(sync, iter([np.zeros((4, 4), np.uint8)]), landmarks)
+    with pytest.raises(InvalidInputError, match="stream chunk_frames"):
+        _session(sync, frames, landmarks, chunk_frames=10)
+    with pytest.raises(InvalidInputError, match="expected at least 320 samples"):
+        with _session(sync, frames, landmarks) as session:
+            session.push_audio(np.zeros(100, np.float32))
+            session.end_of_speech()
+
+
+def test_close_mid_utterance_cancels_within_a_chunk(sync, inputs):
+    frames, landmarks, speech = inputs
+    session = _session(sync, frames, landmarks, mode="live", chunk_frames=8, lookahead_ms=0)
+    session.push_audio(np.tile(speech, 4))  # 3.6 s: many chunks queued
+    session.end_of_speech()
+    assert session.next_frame(timeout=300) is not None
+    chunk_s = max(session.chunk_seconds)
+    t0 = time.perf_counter()
+    session.close()
+    took = time.perf_counter() - t0
+    assert not session.worker_alive
+    assert not any(t.name == "lipsync-stream" and t.is_alive() for t in threading.enumerate())
+    assert took < 1.5 * chunk_s + 1.0, (took, chunk_s)
+    assert session.stats["frames_emitted"] < 90  # the other chunks were never made
+    with pytest.raises(InvalidInputError, match="closed"):
+        session.push_audio(np.zeros(640, np.int16))
+
+
+def test_idle_frames_flow_at_25_fps_without_speech(sync, inputs):
+    frames, landmarks, _ = inputs
+    with _session(sync, frames, landmarks, realtime=True) as session:
+        t0 = time.perf_counter()
+        got = list(session.frames(timeout=1.2))
+        wall = time.perf_counter() - t0
+    assert got and all(f.kind == "idle" and f.audio_time_s is None for f in got)
+    assert [f.index for f in got] == list(range(len(got)))
+    assert [f.source_index for f in got] == [j % SOURCE_FRAMES if (j // SOURCE_FRAMES) % 2 == 0
+                                             else SOURCE_FRAMES - 1 - j % SOURCE_FRAMES for j in range(len(got))]
+    assert np.array_equal(got[0].rgb, frames[0])  # passthrough
+    assert len(got) <= 25 * wall + 2  # never ahead of the 25 fps timeline
+    assert len(got) >= 0.5 * 25 * (wall - 0.5)  # and keeps up on an idle machine (loose: shared CI cores)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.slow
+def test_long_live_stream_keeps_memory_flat(sync):
+    """150 s of speech pushed live in 100 ms pieces, across 30 s segment trims; faceless frames keep it fast."""
+    from engine.stream import StreamConfig, StreamSession
+
+    frames = np.zeros((SOURCE_FRAMES, 64, 64, 3), np.uint8)
+    landmarks = np.full((SOURCE_FRAMES, 3, 2), np.nan, np.float32)  # no face: the U-Net is skipped
+    rss: list[int] = []
+    count = [0]
+
+    def on_frame(frame) -> None:
+        count[0] += 1
+        if count[0] % 250 == 0:
+            rss.append(_rss_bytes())
+
+    session = StreamSession(sync, frames, StreamConfig(mode="live", realtime=False, max_queued_seconds=10,
+                                                       sync=fast_settings()),
+                            on_frame=on_frame, face=_faces(landmarks))
+    rng = np.random.default_rng(0)
+    for _ in range(1500):
+        piece = rng.integers(-3000, 3000, SAMPLE_RATE // 10).astype(np.int16)
+        while True:
+            try:
+                session.push_audio(piece)
+                break
+            except QueueFullError:  # back-pressure: the bounded queue refuses, the producer waits
+                time.sleep(0.05)
+    session.end_of_speech()
+    session.close(drain=True, timeout=600)
+    assert count[0] == 3752  # 150 s -> 7500 feature rows -> 7500 // 2 + 2 frames
+    settled = rss[len(rss) // 4:]
+    assert max(settled) - min(settled) < 40 << 20, [r >> 20 for r in rss]
