@@ -9,6 +9,7 @@ batch 1 x 4 frames so it finishes on a laptop. Writes benchmarks/results/backend
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -43,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--skip-official", action="store_true", help="only the tiny model")
+    parser.add_argument("--skip-tiny", action="store_true", help="only the official-size U-Net")
+    parser.add_argument("--networks", default="unet,unet_shallow,vae_encoder,vae_decoder,audio_encoder",
+                        help="tiny-model networks to time")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows already in --out (same model/network/backend rows are replaced)")
     parser.add_argument("--artifacts", default=str(RESULTS / "artifacts"), help="ONNX files / engines made here")
     parser.add_argument("--out", default=str(RESULTS / "backends.json"))
     args = parser.parse_args(argv)
@@ -56,13 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
 
     tiny = load_models("tiny-random", device=device)
-    latent = tiny.resolution // 8
-    ctx = BackendContext.of(tiny, device, BackendOptions(artifact_dir=Path(args.artifacts) / "tiny-random"))
-    unet_shape = ShapeSettings(batch=args.batch, frames=args.frames, height=latent, width=latent)
-    image_shape = ShapeSettings(batch=args.frames, height=latent, width=latent)
-    shapes = {"unet": unet_shape, "unet_shallow": unet_shape, "vae_encoder": image_shape,
-              "vae_decoder": image_shape, "audio_encoder": ShapeSettings(batch=1)}
-    rows += bench_networks(ctx, list(shapes), backends, shapes, settings, label="tiny-random")
+    if not args.skip_tiny:
+        latent = tiny.resolution // 8
+        ctx = BackendContext.of(tiny, device, BackendOptions(artifact_dir=Path(args.artifacts) / "tiny-random"))
+        unet_shape = ShapeSettings(batch=args.batch, frames=args.frames, height=latent, width=latent)
+        image_shape = ShapeSettings(batch=args.frames, height=latent, width=latent)
+        shapes = {"unet": unet_shape, "unet_shallow": unet_shape, "vae_encoder": image_shape,
+                  "vae_decoder": image_shape, "audio_encoder": ShapeSettings(batch=1)}
+        networks = [n.strip() for n in args.networks.split(",") if n.strip()]
+        rows += bench_networks(ctx, networks, backends, shapes, settings, label="tiny-random")
 
     if not args.skip_official:
         modules = {"unet": official_256_unet(device), "vae": tiny.vae, "audio": tiny.audio_encoder}
@@ -71,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         shape = ShapeSettings(batch=args.batch, frames=args.frames, height=OFFICIAL_256_LATENT, width=OFFICIAL_256_LATENT)
         rows += bench_networks(ctx, ["unet"], backends, {"unet": shape}, settings, label="official-256 (random)")
 
+    if args.append and Path(args.out).exists():
+        key = lambda r: (r["model"], r["network"], r["backend"])  # noqa: E731
+        new = {key(r) for r in rows}
+        rows = [r for r in json.loads(Path(args.out).read_text())["results"] if key(r) not in new] + rows
     out = write_results(rows, Path(args.out), extra={"settings": vars(args)})
     print(format_table(rows))
     print(f"wrote {out}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
@@ -94,3 +95,12 @@ def save_figure(fig, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     pyplot().close(fig)
     return path
+
+
+def publish(report: dict, out: Path, plot, table) -> dict:
+    """Write `report` as JSON to `out`, `plot(rows, out.png)`, print the markdown `table(rows)`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    plot(report["rows"], out.with_suffix(".png"))
+    print(table(report["rows"]))
+    return report

@@ -130,7 +130,7 @@ def denoise(
     model_in[:, 9:13] = ref_latents
     if use_cfg:
         audio_embeds = torch.cat([torch.zeros_like(audio_embeds), audio_embeds])  # [2F,50,C], uncond first
-    audio_embeds = audio_embeds.to(latents.dtype)
+    audio_embeds = audio_embeds.to(device=latents.device, dtype=latents.dtype)
 
     deep_feature: Tensor | None = None
     for k, t in enumerate(scheduler.timesteps):

@@ -94,3 +94,15 @@ def differing_fields(expected: Mapping[str, Any], found: Mapping[str, Any]) -> d
 
 def describe_differences(diffs: Mapping[str, tuple[Any, Any]]) -> str:
     return "; ".join(f"{k}: expected {e!r}, found {f!r}" for k, (e, f) in sorted(diffs.items()))
+
+
+def check_against_manifest(path: Path, expected: Mapping[str, Any], *, missing: str,
+                           no_manifest: str) -> tuple[str | None, dict[str, Any]]:
+    """(reason the file at `path` does not match `expected`, or None; its manifest) without reading the file."""
+    if not Path(path).exists():
+        return missing, {}
+    manifest = read_manifest(Path(path))
+    if manifest is None:
+        return no_manifest, {}
+    diffs = differing_fields(expected, manifest)
+    return (describe_differences(diffs) if diffs else None), manifest

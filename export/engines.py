@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from engine.errors import IncompatibleEngineError
 from export.artifacts import (
+    check_against_manifest,
     describe_differences,
     differing_fields,
     read_manifest,
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 ENGINE_FORMAT = 1  # bump when the manifest's meaning changes
 ENGINE_SUFFIX = ".engine"
+NO_ENGINE = "no engine built yet"
 BuildFn = Callable[[Path, Profile, BuildSettings, "bytes | None"], "tuple[bytes, bytes | None]"]
 
 
@@ -54,14 +56,9 @@ def engine_path(engine_dir: Path, fields: dict[str, Any]) -> Path:
 
 def stale_reason(path: Path, expected: dict[str, Any], *, verify_sha256: bool = True) -> str | None:
     """Why the engine at `path` must not be deserialized, or None when its manifest and bytes check out."""
-    if not path.exists():
-        return "no engine built yet"
-    manifest = read_manifest(path)
-    if manifest is None:
-        return "engine has no manifest"
-    diffs = differing_fields(expected, manifest)
-    if diffs:
-        return f"built for other settings ({describe_differences(diffs)})"
+    reason, manifest = check_against_manifest(path, expected, missing=NO_ENGINE, no_manifest="engine has no manifest")
+    if reason is not None:
+        return reason if not manifest else f"built for other settings ({reason})"
     size = path.stat().st_size
     if manifest.get("engine_size") != size:
         return f"truncated or half-written: expected {manifest.get('engine_size')} bytes, found {size}"
@@ -111,7 +108,7 @@ def ensure_engine(
         if reason is None:
             log.debug("engine %s is current", path.name)
             return path
-        if reason == "no engine built yet":
+        if reason == NO_ENGINE:
             reason = _closest_other(path, expected) or reason
         if no_build:
             raise IncompatibleEngineError(

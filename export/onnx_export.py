@@ -14,8 +14,7 @@ from torch import nn
 
 from engine.errors import IncompatibleEngineError, InvalidInputError, expect
 from export.artifacts import (
-    describe_differences,
-    differing_fields,
+    check_against_manifest,
     onnx_data_path,
     onnx_sha256,
     read_manifest,
@@ -139,8 +138,11 @@ def _finalise(raw: Path, dest: Path, *, network: str, ir_version: int) -> None:
     model = onnx.load(str(raw), load_external_data=False)
     model.ir_version = ir_version
     model.producer_name = "latentsync-engine"
-    entry = model.metadata_props.add()
-    entry.key, entry.value = "network", network
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key != "network"]
+    del model.metadata_props[:]
+    for key, value in [*kept, ("network", network)]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
     if any(uses_external_data(t) for t in model.graph.initializer):  # > 2 GiB: torch wrote one file per tensor
         _gather_external_data(model, raw.parent, onnx_data_path(dest))
         onnx.save_model(model, str(dest))
@@ -201,16 +203,12 @@ def cached_onnx_sha256(path: Path) -> str:
 
 def stale_reason(path: Path, expected: dict[str, Any]) -> str | None:
     """Why the ONNX file at `path` cannot be reused for `expected` export fields, or None when it can."""
-    if not path.exists():
-        return "not exported yet"
-    manifest = read_manifest(path)
-    if manifest is None:
-        return "no manifest beside it"
-    diffs = differing_fields(expected, manifest)
-    if diffs:
-        return describe_differences(diffs)
-    if manifest.get("file_stats") != _file_stats(path)["file_stats"]:
-        return "files changed since export (size or mtime)"
+    reason, manifest = check_against_manifest(path, expected, missing="not exported yet",
+                                              no_manifest="no manifest beside it")
+    if reason is not None:
+        return reason
+    if manifest.get("file_stats") != _file_stats(path)["file_stats"] and onnx_sha256(path) != manifest.get("onnx_sha256"):
+        return "files changed since export (sha256 differs from the manifest)"  # a copy with new mtimes is fine
     return None
 
 
@@ -228,13 +226,15 @@ def ensure_onnx(network: str, module: nn.Module, out_dir: str | os.PathLike, *, 
         return _export_locked(network, module, target, weights_hash=weights_hash)
 
 
-def current_onnx(network: str, module: nn.Module, out_dir: str | os.PathLike, *, allow_export: bool = True) -> Path:
+def current_onnx(network: str, module: nn.Module, out_dir: str | os.PathLike, *, allow_export: bool = True,
+                 weights_hash: str | None = None) -> Path:
     """The current ONNX file for `module`: exported when missing or stale, or IncompatibleEngineError if not allowed."""
+    weights_hash = weights_hash or weights_sha256(module)
     if allow_export:
-        return ensure_onnx(network, module, out_dir)
+        return ensure_onnx(network, module, out_dir, weights_hash=weights_hash)
     dtype = module_dtype(module)
     path = Path(out_dir) / onnx_filename(network, dtype)
-    reason = stale_reason(path, export_fields(network, dtype, weights_sha256(module)))
+    reason = stale_reason(path, export_fields(network, dtype, weights_hash))
     if reason is not None:
         raise IncompatibleEngineError(
             f"{path.name} in {path.parent}: expected a current export, found: {reason} (run `engine export`)")

@@ -66,7 +66,7 @@ class BuildShape:
     batch: int = 2  # CFG doubles the U-Net batch
     frames: int = 16  # official chunk
     latent_size: int = 64  # 512 px -> 64, 256 px -> 32
-    audio_batch: int = 1  # 30 s whisper windows per call
+    audio_batch: int = 4  # 30 s whisper windows per call (engine.audio.features.WINDOW_BATCH)
     min_frames: int = 1  # last chunk may be shorter
 
     def __post_init__(self) -> None:
@@ -245,7 +245,7 @@ _UNET_PROFILE: ProfileRule = {
 }
 _VAE_PROFILE: ProfileRule = {"batch": (1, "frames", "frames"), "height": _LATENT, "width": _LATENT}
 _AUDIO_PROFILE: ProfileRule = {
-    "batch": (1, "audio_batch", "audio_batch"),
+    "batch": (1, 1, "audio_batch"),  # clips under 30 s are one window
     "length": (WHISPER_WINDOW_MEL_FRAMES,) * 3,
 }
 _UNET_SAMPLE = ShapeSettings(batch=2, frames=3, height=16, width=16)  # distinct sizes keep the trace honest

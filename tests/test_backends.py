@@ -167,3 +167,21 @@ def test_compile_backend_matches_torch(models, torch_runners):
     runners = create_runners(models, "vae=compile,unet=torch,audio=torch")
     z = torch.randn(2, 4, 8, 8)
     torch.testing.assert_close(runners.vae.decode(z), torch_runners.vae.decode(z), rtol=0, atol=ATOL)
+
+
+def test_engine_bench_cli_reports_every_backend(tmp_path, capsys):
+    import json
+
+    from engine.cli import main
+
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--model", "tiny-random", "--networks", "audio_encoder", "--device", "cpu",
+                 "--backends", "torch,onnxruntime,tensorrt", "--iters", "1", "--warmup", "0",
+                 "--artifacts", str(tmp_path / "art"), "--out", str(out)])
+    assert code == 0
+    rows = {r["backend"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["torch"]["speedup_vs_torch"] == 1.0 and rows["torch"]["median_ms"] > 0
+    assert rows["onnxruntime"]["max_abs_diff_vs_torch"] < ATOL
+    assert rows["onnxruntime"]["throughput_items_per_s"] > 0
+    assert "CUDA" in rows["tensorrt"]["skipped"]  # unavailable backends are reported with the reason
+    assert "| audio_encoder | onnxruntime |" in capsys.readouterr().out

@@ -604,3 +604,21 @@ def test_model_fetch_over_http_reads_only_the_members(tmp_path, ranges):
     finally:
         server.shutdown()
         server.server_close()
+
+
+
+def test_auto_falls_back_to_mediapipe_when_insightface_cannot_be_fetched(mediapipe_source, monkeypatch, caplog):
+    from engine.face.detection.mediapipe import MediapipeFaceSource
+
+    fetch = models.fetch_members
+
+    def no_network_for_insightface(archive, root):
+        if any("insightface" in url for url in archive.urls):
+            raise CheckpointError(f"{archive.urls[0]}: expected a download, found no network")
+        return fetch(archive, root)
+
+    monkeypatch.setattr(models, "fetch_members", no_network_for_insightface)
+    with caplog.at_level("INFO", logger="engine.face.detection"):
+        source = make_face_source("auto")
+    assert isinstance(source, MediapipeFaceSource)
+    assert "InsightFace unavailable" in caplog.text and "no network" in caplog.text

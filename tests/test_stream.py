@@ -245,8 +245,11 @@ def test_idle_frames_flow_at_25_fps_without_speech(sync, inputs):
     frames, landmarks, _ = inputs
     with _session(sync, frames, landmarks, realtime=True) as session:
         t0 = time.perf_counter()
-        got = list(session.frames(timeout=1.2))
-        wall = time.perf_counter() - t0
+        got = []
+        while (wall := time.perf_counter() - t0) < 1.2:
+            frame = session.next_frame(timeout=1.0)
+            assert frame is not None
+            got.append(frame)
     assert got and all(f.kind == "idle" and f.audio_time_s is None for f in got)
     assert [f.index for f in got] == list(range(len(got)))
     assert [f.source_index for f in got] == [j % SOURCE_FRAMES if (j // SOURCE_FRAMES) % 2 == 0
@@ -293,3 +296,26 @@ def test_long_live_stream_keeps_memory_flat(sync):
     assert count[0] == 3752  # 150 s -> 7500 feature rows -> 7500 // 2 + 2 frames
     settled = rss[len(rss) // 4:]
     assert max(settled) - min(settled) < 40 << 20, [r >> 20 for r in rss]
+
+
+def test_cli_avatar_prepare_writes_a_loadable_avatar(golden, tmp_path, capsys):
+    from engine.cli import main
+    from engine.media import VideoWriter
+    from engine.stream import Avatar
+
+    frames, landmarks, _ = demo1_inputs(golden, 6)
+    video = tmp_path / "face.mp4"
+    with VideoWriter(video, frames.shape[2], frames.shape[1]) as writer:
+        for frame in frames:
+            writer.write(frame)
+    track = tmp_path / "track.json"
+    track.write_text(json.dumps({"landmarks3": landmarks.tolist()}))
+    out = tmp_path / "avatar"
+    assert main(["avatar", "prepare", "--video", str(video), "--out", str(out), "--model", "tiny-random",
+                 "--device", "cpu", "--face", str(track)]) == 0
+    assert "6 frames 320x320" in capsys.readouterr().out
+    avatar = Avatar(out)
+    assert avatar.manifest.model == "tiny-random" and avatar.manifest.face_source == str(track)
+    assert len(avatar) == 6 and np.isfinite(avatar.posterior).all()
+    assert main(["avatar", "prepare", "--video", str(video), "--out", str(out), "--model", "tiny-random",
+                 "--device", "cpu", "--face", str(track)]) == 2  # refuses to overwrite: InvalidInputError

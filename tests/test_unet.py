@@ -182,3 +182,16 @@ def test_onnx_export_traces_dynamic_shapes(tiny, tmp_path):
     feeds = {"sample": sample.numpy(), "timestep": timestep.float().reshape(1).numpy(), "audio": audio.numpy()}
     out = torch.from_numpy(session.run(None, feeds)[0])
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+
+
+def test_attention_splits_huge_batches(monkeypatch):
+    from engine.models import unet_attention
+
+    torch.manual_seed(0)
+    attention = unet_attention.Attention(16, 2).eval()
+    x = torch.randn(7, 5, 16)
+    with torch.no_grad():
+        whole = attention(x)
+        monkeypatch.setattr(unet_attention, "MAX_SDPA_BATCH", 3)
+        split = attention(x)
+    torch.testing.assert_close(split, whole, atol=1e-6, rtol=0)

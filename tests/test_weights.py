@@ -151,6 +151,7 @@ def test_legacy_vae_attention_names_load(e2e_dir, tmp_path):
 
 # ---------------------------------------------------------------- strictness and safety
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_malicious_pickle_never_runs(e2e_dir, tmp_path):
     marker = tmp_path / "PWNED"
 

@@ -119,6 +119,15 @@ class BackendContext:
         self.geometry: Geometry = geometry_of(unet=modules.get("unet"), vae=modules.get("vae"),
                                               audio_encoder=modules.get("audio"))
         self.artifact_dir = Path(options.artifact_dir or default_artifact_dir(name))
+        self._hashes: dict[int, str] = {}
+
+    def weights_hash(self, module) -> str:
+        """sha256 of a module's weights, computed once per module (it keys ONNX files and engines)."""
+        from export.artifacts import weights_sha256
+
+        if id(module) not in self._hashes:
+            self._hashes[id(module)] = weights_sha256(module)
+        return self._hashes[id(module)]
 
     @classmethod
     def of(cls, models, device: torch.device, options: BackendOptions) -> "BackendContext":
@@ -132,7 +141,8 @@ class BackendContext:
 def _onnx_path(ctx: BackendContext, network: str, module, allow_build: bool) -> Path:
     from export.onnx_export import current_onnx
 
-    return current_onnx(network, module, ctx.artifact_dir, allow_export=allow_build)
+    return current_onnx(network, module, ctx.artifact_dir, allow_export=allow_build,
+                        weights_hash=ctx.weights_hash(module))
 
 
 def make_executor(backend: str, network: str, ctx: BackendContext, *, allow_build: bool) -> Executor:

@@ -8,13 +8,14 @@ import json
 
 def register(subparsers) -> None:
     from engine.cli.export import add_model_arguments
+    from export.specs import BuildShape
 
     p = subparsers.add_parser("build", help="build TensorRT engines for a model", description=__doc__)
     add_model_arguments(p)
     p.add_argument("--precision", default="fp16", choices=["fp16", "fp32"], help="engine precision")
     p.add_argument("--frames", type=int, default=16, help="largest chunk (profile max frames; min is 1)")
     p.add_argument("--batch", type=int, default=2, help="largest U-Net batch (2 with classifier-free guidance)")
-    p.add_argument("--audio-batch", type=int, default=4, help="largest number of 30 s whisper windows per call")
+    p.add_argument("--audio-batch", type=int, default=BuildShape.audio_batch, help="largest number of 30 s whisper windows per call")
     p.add_argument("--no-build", action="store_true",
                    help="only check: raise IncompatibleEngineError listing what differs instead of (re)building")
     p.add_argument("--timing-cache", help="timing cache to start from (ignored with a warning if from another TensorRT/GPU)")

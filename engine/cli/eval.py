@@ -1,27 +1,27 @@
-"""`engine eval`: measure lip-sync (SyncNet LSE-C/LSE-D, StableSyncNet) and fidelity of a produced video."""
+"""`engine eval`: measure lip-sync (SyncNet LSE-C/LSE-D, StableSyncNet) and fidelity of a produced video,
+or (`--sweep`) make a clip under many settings and tabulate time against quality."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 from engine.errors import InvalidInputError
 
-RANDOM_SEED = 0  # --random-weights networks
-
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("eval", help="score lip-sync and fidelity of a produced video", description=__doc__)
-    p.add_argument("--video", required=True, help="the lip-synced video to score (25 fps)")
+    p = subparsers.add_parser("eval", help="score lip-sync and fidelity of a produced video (or sweep settings)",
+                              description=__doc__)  # fmt: skip
+    p.add_argument("--video", required=True, help="the lip-synced video to score (25 fps); with --sweep: the input")
     p.add_argument("--audio", help="the driving speech (default: the video's own audio track)")
     p.add_argument("--reference", help="a reference run of the same clip: adds PSNR / SSIM / flicker")
     p.add_argument("--json", help="also write the report as JSON to this file")
-    faces = p.add_mutually_exclusive_group(required=True)
+    faces = p.add_mutually_exclusive_group()
     faces.add_argument("--face", help="auto | insightface | mediapipe | a face-track file (latentsync-face-track "
-                                      "JSON) | a box list JSON ({'boxes': [[x1,y1,x2,y2] or null, ...]})")
-    faces.add_argument("--box", help="one fixed face box for every frame: x1,y1,x2,y2")
+                                      "JSON) | a box list JSON ({'boxes': [[x1,y1,x2,y2] or null, ...]}); "
+                                      "--sweep: a detector or a face-track file (default auto)")
+    faces.add_argument("--box", help="one fixed face box for every frame: x1,y1,x2,y2 (not with --sweep)")
     p.add_argument("--syncnet-weights", help="SyncNet S checkpoint (default: download syncnet_v2.model, hash-checked)")
     p.add_argument("--no-syncnet", action="store_true", help="skip LSE-C / LSE-D")
     p.add_argument("--stable-syncnet-weights", help="StableSyncNet checkpoint; enables the StableSyncNet score")
@@ -32,65 +32,25 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=20, help="SyncNet windows per batch (official 20)")
     p.add_argument("--stable-stride", type=int, default=16, help="frames between StableSyncNet windows")
     p.add_argument("--no-ssim", action="store_true", help="skip SSIM (the slowest fidelity metric)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda[:N]")
+    p.add_argument("--device", default=None, help="cpu | cuda[:N] (default: CUDA when present)")
     p.add_argument("--offline", action="store_true", help="never contact the model hub (use cached weights)")
+    sweep = p.add_argument_group("sweep", "make the clip under many settings; time and score each")
+    sweep.add_argument("--sweep", action="store_true", help="run a settings sweep on --video (the input clip)")
+    sweep.add_argument("--model", default="latentsync-1.6", help="latentsync-1.6 | latentsync-1.5 | a local "
+                                                                  "directory | tiny-random (numbers meaningless)")
+    sweep.add_argument("--dtype", help="fp32 | fp16 | bf16 (default: the device's)")
+    sweep.add_argument("--out", help="folder for the table and the runs' videos (default: sweep-<video name>)")
+    sweep.add_argument("--baseline", default="reference",
+                       help="the setting every row's fidelity is measured against (default: the reference preset)")
+    sweep.add_argument("--settings", nargs="+", metavar="SETTING",
+                       help="settings after the baseline, e.g. fast steps=5 deepcache=off fast+deepcache=2 live=120 "
+                            "backend=onnxruntime; parts joined by '+' (keys: preset steps guidance deepcache seed "
+                            "live chunk backend). Default: fast, 5 steps, DeepCache off/2/5, live 0/120/240 ms, "
+                            "each accelerated backend")
+    sweep.add_argument("--repeats", type=int, default=1, help="timed runs per setting (median reported)")
+    sweep.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None,
+                       help="one untimed run per backend before timing (default: on CUDA only)")
     p.set_defaults(func=_eval)
-
-
-def parse_box(text: str) -> tuple[float, float, float, float]:
-    try:
-        x1, y1, x2, y2 = (float(v) for v in text.split(","))
-    except ValueError as exc:
-        raise InvalidInputError(f"--box: expected x1,y1,x2,y2, found {text!r}") from exc
-    if not (x2 > x1 and y2 > y1):
-        raise InvalidInputError(f"--box: expected x2 > x1 and y2 > y1, found {text!r}")
-    return x1, y1, x2, y2
-
-
-def face_boxes(spec: str | None, box: str | None, video: str) -> tuple[list, list | None]:
-    """Per-frame (boxes, landmarks3 or None) from --box, a box-list JSON, or an engine.face.detection source
-    ('auto' | 'insightface' | 'mediapipe' | a latentsync-face-track file) followed by its FaceTracker."""
-    if box is not None:
-        from engine.eval.video import frame_count
-
-        return [parse_box(box)] * frame_count(video), None
-    if spec is not None and _is_box_list(spec):
-        from engine.eval.crops import load_box_track
-
-        return load_box_track(spec), None
-    from engine.eval.video import iter_rgb_frames
-    from engine.face.detection import FaceTracker, make_face_source
-
-    tracker = FaceTracker(make_face_source(spec))
-    boxes, landmarks = [], []
-    for index, rgb in enumerate(iter_rgb_frames(video)):
-        observation = tracker.update(index, rgb)
-        boxes.append(None if observation is None else tuple(float(v) for v in observation.box))
-        landmarks.append(None if observation is None else observation.landmarks3)
-    return boxes, landmarks
-
-
-def _is_box_list(spec: str) -> bool:
-    """A JSON file in the evaluator's own box-list format ({"boxes": [...]} or a bare list)."""
-    path = Path(spec)
-    if path.suffix.lower() != ".json" or not path.is_file():
-        return False
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return True  # let load_box_track report it
-    return isinstance(data, list) or (isinstance(data, dict) and "boxes" in data)
-
-
-def _finite(value):
-    """JSON-safe: NaN/inf -> None, recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def summary(report: dict) -> str:
@@ -115,31 +75,22 @@ def summary(report: dict) -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from engine.eval.report import EvalNetworks, EvalOptions, evaluate_clip
-    from engine.eval.stable_syncnet import load_stable_syncnet
-    from engine.eval.syncnet import load_syncnet
+    from engine.eval.inputs import face_boxes, finite_json, load_networks
+    from engine.eval.report import evaluate_clip
     from engine.media import probe
 
     audio = args.audio or args.video
+    if args.sweep:
+        return _sweep(args, audio)
+    if args.face is None and args.box is None:
+        raise InvalidInputError("eval: expected --face or --box, found neither")
     probe(args.video, require_video=True)  # cheap typed failures (no stream, limits) before models load
     probe(audio, require_audio=True)
-    options = EvalOptions(vshift=args.vshift, batch_size=args.batch_size, stable_stride=args.stable_stride,
-                          compute_ssim=not args.no_ssim)  # fmt: skip
-
-    def seed_for(weights: str | None) -> int | None:  # random only where no weight file is given
-        return RANDOM_SEED if args.random_weights and weights is None else None
-
-    syncnet = stable = None
-    if not args.no_syncnet:
-        syncnet = load_syncnet(args.syncnet_weights, random_seed=seed_for(args.syncnet_weights),
-                               offline=args.offline, device=args.device)  # fmt: skip
-    if args.stable or args.stable_syncnet_weights:
-        stable = load_stable_syncnet(args.stable_syncnet_weights, random_seed=seed_for(args.stable_syncnet_weights),
-                                     offline=args.offline, device=args.device)  # fmt: skip
+    networks = load_networks(**_network_args(args))
     boxes, landmarks = face_boxes(args.face, args.box, args.video)
-    report = evaluate_clip(args.video, audio, boxes, EvalNetworks(syncnet, stable, args.random_weights),
-                           landmarks=landmarks, reference=args.reference, options=options).to_dict()  # fmt: skip
-    report = _finite(report)
+    report = evaluate_clip(args.video, audio, boxes, networks, landmarks=landmarks, reference=args.reference,
+                           options=_eval_options(args)).to_dict()  # fmt: skip
+    report = finite_json(report)
     print(summary(report))
     if args.json:
         path = Path(args.json)
@@ -147,3 +98,52 @@ def _eval(args: argparse.Namespace) -> int:
         tmp.write_text(json.dumps(report, indent=1))
         tmp.replace(path)
     return 0
+
+
+def _network_args(args: argparse.Namespace) -> dict:
+    return dict(syncnet=not args.no_syncnet, syncnet_weights=args.syncnet_weights, stable=args.stable,
+                stable_weights=args.stable_syncnet_weights, random_weights=args.random_weights,
+                offline=args.offline, device=args.device or "cpu")  # fmt: skip
+
+
+def _eval_options(args: argparse.Namespace):
+    from engine.eval.report import EvalOptions
+
+    return EvalOptions(vshift=args.vshift, batch_size=args.batch_size, stable_stride=args.stable_stride,
+                       compute_ssim=not args.no_ssim)  # fmt: skip
+
+
+def _sweep(args: argparse.Namespace, audio: str) -> int:
+    from engine.eval.inputs import load_networks
+    from engine.eval.sweep import SweepOptions, run_sweep
+    from engine.eval.sweep_settings import plan_settings
+
+    if args.box is not None or args.reference is not None:
+        raise InvalidInputError("eval --sweep: expected --face (the pipeline needs landmarks) and no --reference "
+                                "(the baseline row is the reference), found --box or --reference")
+    options = SweepOptions(
+        model=args.model, device=args.device, dtype=args.dtype, face=args.face or "auto", baseline=args.baseline,
+        settings=tuple(args.settings) if args.settings else None, repeats=args.repeats, warmup=args.warmup,
+        offline=args.offline, eval=_eval_options(args),
+    )  # fmt: skip
+    plan_settings(options.baseline, list(options.settings or ()))  # bad settings: typed errors before any work
+    device = args.device or _default_device()
+    networks = load_networks(**{**_network_args(args), "device": device})
+    out = Path(args.out or f"sweep-{Path(args.video).stem}")
+    table = run_sweep(args.video, audio, out, networks, options)
+    print(_sweep_summary(table, out))
+    return 0
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _sweep_summary(table, out: Path) -> str:
+    from engine.eval.sweep_table import FILES, to_markdown, table_json
+
+    text = to_markdown(table_json(table))
+    files = ", ".join(str(out / name) for name in FILES.values())
+    return f"{text}\nwrote {files}" + (f"\nWARNING: {table.warning}" if table.warning else "")

@@ -16,7 +16,7 @@ from engine.face.warp import as_matrices, warp_affine_hwc
 
 TEMPLATE_BASE = ((17.0, 20.0), (58.0, 20.0), (37.5, 40.0))  # (x, y): left brow, right brow, nose at 256/2.8
 CROP_BASE_WH = (75, 100)  # crop (w, h) before scaling by the ratio
-RATIO_PER_PIXEL = 2.8 / 256  # ratio = resolution * this (2.8 at 256, 5.6 at 512)
+TEMPLATE_RATIO_AT_256 = 2.8  # ratio = resolution / 256 * this: 2.8 at 256, 5.6 at 512
 SMOOTH_PREV = 0.2  # bias = SMOOTH_PREV * previous + SMOOTH_NEW * current
 SMOOTH_NEW = 0.8
 ALIGN_FILL = 127.0  # kornia fill value outside the frame
@@ -39,7 +39,7 @@ class CropGeometry:
     @classmethod
     def for_resolution(cls, resolution: int) -> "CropGeometry":
         expect(resolution in SUPPORTED_RESOLUTIONS, InvalidInputError, "resolution", SUPPORTED_RESOLUTIONS, resolution)
-        ratio = resolution / 256 * 2.8
+        ratio = resolution / 256 * TEMPLATE_RATIO_AT_256
         template = tuple((x * ratio, y * ratio) for x, y in TEMPLATE_BASE)
         return cls(resolution, template, int(CROP_BASE_WH[0] * ratio), int(CROP_BASE_WH[1] * ratio))
 

@@ -9,6 +9,16 @@ from torch import nn
 from engine.models.unet_config import TRANSFORMER_NORM_EPS
 
 FF_MULT = 4
+MAX_SDPA_BATCH = 65_535  # CUDA grid y/z limit hit by some SDPA kernels for batch > 65535
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """SDPA, split along the batch when it exceeds the CUDA grid limit (temporal attention batch = b*h*w)."""
+    n = q.shape[0]
+    if torch.jit.is_tracing() or n <= MAX_SDPA_BATCH:  # exported graphs leave the split to the runtime
+        return F.scaled_dot_product_attention(q, k, v)
+    return torch.cat([F.scaled_dot_product_attention(q[i:i + MAX_SDPA_BATCH], k[i:i + MAX_SDPA_BATCH],
+                                                     v[i:i + MAX_SDPA_BATCH]) for i in range(0, n, MAX_SDPA_BATCH)])
 
 
 class Attention(nn.Module):
@@ -31,7 +41,7 @@ class Attention(nn.Module):
         # x [N, L, C]; context [N, S, Cc] (None: self-attention)
         context = x if context is None else context
         q, k, v = self._split(self.to_q(x)), self._split(self.to_k(context)), self._split(self.to_v(context))
-        out = F.scaled_dot_product_attention(q, k, v)  # [N, heads, L, d]
+        out = _sdpa(q, k, v)  # [N, heads, L, d]
         out = out.transpose(1, 2).flatten(2)  # [N, L, C]
         return self.to_out[0](out)
 

@@ -152,17 +152,28 @@ class LipSyncCore:
         num_source_estimate: int | None = None,
         timer: StageTimer | None = None,
         on_chunk: Callable[[int, int], None] | None = None,
+        strict_faces: bool = False,
     ) -> Iterator[OutputFrame]:
-        """Yield the L output frames in order, chunk by chunk."""
+        """Yield the L output frames in order, chunk by chunk.
+
+        `strict_faces`: once a frame without a face is seen, stop generating and only
+        scan the remaining frames (the caller raises with the complete ranges).
+        """
         timer = timer or StageTimer()
         aligner = self.new_aligner()
         cursor = SourceCursor(frames, faces, aligner, num_output=audio.num_frames,
                               num_source_estimate=num_source_estimate, timer=timer)
         generator, init_noise = self.start_noise(config.seed)
+        scan_only = False
         try:
             for start in range(0, audio.num_frames, config.chunk_frames):
                 stop = min(start + config.chunk_frames, audio.num_frames)
                 items = cursor.take(stop - start)
+                scan_only = scan_only or (strict_faces and not all(item.has_face for item in items))
+                if scan_only:
+                    yield from (OutputFrame(j, item.source_index, item.frame, item.has_face)
+                                for j, item in zip(range(start, stop), items))
+                    continue
                 yield from self.sync_chunk(items, range(start, stop), audio.windows(start, stop), config,
                                            init_noise, generator, aligner, timer)
                 if on_chunk is not None:

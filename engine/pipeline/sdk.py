@@ -166,7 +166,8 @@ class LipSync:
         sources: set[int] = set()
         produced = 0
         try:
-            for item in self.core.run(frames, plan, faces, config, num_source_estimate=estimate, timer=timer):
+            for item in self.core.run(frames, plan, faces, config, num_source_estimate=estimate, timer=timer,
+                                      strict_faces=strict_faces):
                 item: OutputFrame
                 if not item.has_face:
                     no_face.append(item.index)

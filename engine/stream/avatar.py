@@ -1,7 +1,7 @@
 """Prepared avatars: a source video aligned and VAE-encoded once, looped forever by streaming sessions.
 
 Layout of an avatar directory (written to a temporary sibling and renamed on success):
-  manifest.json     model, resolution, face source, frame count, frame size, dtype, engine version
+  manifest.json     model, resolution, face source, frame count and size, VAE fingerprint, dtype, version
   frames.raw        uint8 [T,H,W,3]  original frames (memory-mapped when read)
   faces.raw         uint8 [T,R,R,3]  aligned faces at the model resolution
   posterior.raw     float32 [T,4,4,h,w]  (masked mean, masked std, reference mean, reference std), unscaled
@@ -49,6 +49,14 @@ class AvatarManifest:
     created_unix: float = 0.0
 
 
+def check_new_avatar_dir(out_dir: str | Path) -> Path:
+    """An avatar is written only into a new or empty directory (never over another one)."""
+    out_dir = Path(out_dir)
+    expect(not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())), InvalidInputError,
+           "avatar output", "a new or empty directory", f"{out_dir} with files")
+    return out_dir
+
+
 def prepare_avatar(sync, video, out_dir: str | Path, *, face=None, progress=None) -> "Avatar":
     """Decode `video`, align every frame, and store faces, matrices and VAE posteriors in `out_dir`.
 
@@ -59,9 +67,7 @@ def prepare_avatar(sync, video, out_dir: str | Path, *, face=None, progress=None
     from engine.pipeline.faces import make_landmark_source
     from engine.pipeline.source import SourceCursor
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise InvalidInputError(f"avatar output: expected a new or empty directory, found {out_dir} with files")
+    out_dir = check_new_avatar_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     frames, _, estimate = sync._open_video(video)
     core = sync.core

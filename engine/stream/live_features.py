@@ -6,6 +6,8 @@ in the current 30 s segment (no padding to 30 s), keeps every position at its
 true offset within the segment, and re-encodes the segment as audio arrives.
 Once the utterance is complete (`final=True`) the features are computed exactly
 as offline, so later frames of a finished utterance use the exact features.
+The drift is measured here (`live_feature_drift`); what it costs in lip-sync
+quality can only be judged with the real weights.
 """
 
 from __future__ import annotations
@@ -42,22 +44,23 @@ class LiveFeatures:
     def features(self, samples: np.ndarray, *, final: bool = False) -> torch.Tensor:
         """Features [N', 5, C] for the audio so far (`final`: the utterance is complete -> offline-exact)."""
         from engine.audio import audio_features, log_mel_spectrogram
+        from engine.audio.features import _placement
 
         audio = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
         if final:
             return audio_features(audio, self.encoder)
         mel = log_mel_spectrogram(audio)  # [80, M]; maximum over the audio seen so far
-        weight = self.encoder.encoder.conv1.weight
+        device, dtype = _placement(self.encoder)
         total = mel.shape[-1]
         full_segments = total // MEL_WINDOW_FRAMES
         while len(self._done_segments) < full_segments:  # a segment just completed: encode it whole, once
             k = len(self._done_segments)
             window = mel[:, k * MEL_WINDOW_FRAMES:(k + 1) * MEL_WINDOW_FRAMES]
-            self._done_segments.append(self.encoder(window[None].to(weight.device, weight.dtype))[0])
+            self._done_segments.append(self.encoder(window[None].to(device, dtype))[0])
         parts = list(self._done_segments)
         tail = mel[:, full_segments * MEL_WINDOW_FRAMES:]
         if tail.shape[-1] >= CONV_STRIDE:
-            parts.append(self.encoder(tail[None].to(weight.device, weight.dtype), position_offset=0)[0])
+            parts.append(self.encoder(tail[None].to(device, dtype), position_offset=0)[0])
         if not parts:
             raise ValueError("live features need at least 20 ms of audio")
         return torch.cat(parts)  # [N', 5, C]

@@ -45,6 +45,7 @@ IDLE_POLICIES = ("passthrough", "silence")
 CHUNK_CHOICES = (8, 12, 16)
 MAX_LOOKAHEAD_MS = 2000.0
 POLL_S = 0.05  # how often blocked waits re-check for close()
+IDLE_MIN_WAIT_S = 0.005  # idle frame due but the consumer has not taken the last one yet
 
 
 @dataclass(frozen=True)
@@ -193,11 +194,14 @@ class StreamSession:
         self._worker.start()
 
     # ------------------------------------------------------------------ input
-    def push_audio(self, samples, *, sample_rate: int = SAMPLE_RATE, offset: int | None = None) -> None:
+    def push_audio(self, samples, *, sample_rate: int = SAMPLE_RATE, offset: int | None = None,
+                   end_of_speech: bool = False) -> None:
         """Queue 16 kHz mono PCM (int16 or float32, any chunk size) for the current utterance.
 
         `offset`, when given, is this chunk's first sample within the session's speech; a chunk
         out of order is refused. A chunk that would overflow `max_queued_seconds` is refused at once.
+        `end_of_speech=True` also ends the utterance, atomically: a whole utterance pushed this way
+        never has a chunk made from partial features, even in live mode.
         """
         expect(sample_rate == SAMPLE_RATE, InvalidInputError, "audio chunk sample rate", SAMPLE_RATE, sample_rate)
         pcm = to_float_pcm(samples)
@@ -215,15 +219,16 @@ class StreamSession:
                 raise QueueFullError(
                     f"speech queue: expected at most {self.config.max_queued_seconds:g} s waiting, found "
                     f"{queued / SAMPLE_RATE:.2f} s waiting + {pcm.size / SAMPLE_RATE:.2f} s pushed")
-            if not pcm.size:
-                return
-            if not self._utterances or self._utterances[-1].ended:
+            if pcm.size and (not self._utterances or self._utterances[-1].ended):
                 # the buffer also holds up to two 30 s segments of already-rendered live context
                 self._utterances.append(_Utterance(self._next_utterance, max_samples + 2 * SEGMENT_SAMPLES,
                                                    self._pushed))
                 self._next_utterance += 1
-            self._utterances[-1].pcm.append(pcm)
-            self._pushed += pcm.size
+            if pcm.size:
+                self._utterances[-1].pcm.append(pcm)
+                self._pushed += pcm.size
+            if end_of_speech:
+                self._end_utterance()
             self._lock.notify_all()
 
     def _queued_samples(self) -> int:
@@ -234,21 +239,30 @@ class StreamSession:
         """Mark the end of the current utterance: its remaining frames are made with the exact features."""
         with self._lock:
             self._raise_if_unusable()
-            if not self._utterances or self._utterances[-1].ended:
-                return
-            utt = self._utterances[-1]
-            utt.ended = True
-            if len(utt.pcm) < MIN_UTTERANCE_SAMPLES and utt.done == 0:
-                self._utterances.pop()
-                raise InvalidInputError(f"utterance {utt.number}: expected at least {MIN_UTTERANCE_SAMPLES} "
-                                        f"samples (20 ms), found {len(utt.pcm)}; it was dropped")
+            self._end_utterance()
             self._lock.notify_all()
+
+    def _end_utterance(self) -> None:
+        """Under the lock: end the open utterance; one too short to have a single feature row is dropped."""
+        if not self._utterances or self._utterances[-1].ended:
+            return
+        utt = self._utterances[-1]
+        utt.ended = True
+        if len(utt.pcm) < MIN_UTTERANCE_SAMPLES and utt.done == 0:
+            self._utterances.pop()
+            raise InvalidInputError(f"utterance {utt.number}: expected at least {MIN_UTTERANCE_SAMPLES} "
+                                    f"samples (20 ms), found {len(utt.pcm)}; it was dropped")
 
     def finish(self) -> None:
         """No more speech: the queued utterances are completed, then the worker stops and iteration ends."""
         with self._lock:
             for utt in self._utterances:
                 utt.ended = True
+            if self._utterances and self._utterances[-1].done == 0 \
+                    and len(self._utterances[-1].pcm) < MIN_UTTERANCE_SAMPLES:
+                dropped = self._utterances.pop()
+                log.warning("utterance %d dropped: %d samples, fewer than %d (20 ms)", dropped.number,
+                            len(dropped.pcm), MIN_UTTERANCE_SAMPLES)
             self._finishing = True
             self._lock.notify_all()
 
@@ -306,10 +320,6 @@ class StreamSession:
         self._release()
 
     def _release(self) -> None:
-        self._cursor.close()
-        close_frames = getattr(self._frames, "close", None)
-        if close_frames is not None:
-            close_frames()
         with self._lock:
             self._utterances.clear()
             self._closed = True
@@ -378,11 +388,16 @@ class StreamSession:
         except BaseException as exc:  # surfaced to the consumer
             log.exception("stream worker failed")
             self._error = exc
+        finally:  # the worker is the only user of the source: release it here, however it stops
+            self._cursor.close()
+            close_frames = getattr(self._frames, "close", None)
+            if close_frames is not None:
+                close_frames()
 
     def _idle_wait(self) -> float:
         if not self.config.realtime or self._finishing:
             return 0.5
-        return min(0.5, max(0.001, self._next_due - time.time()))
+        return min(0.5, max(IDLE_MIN_WAIT_S, self._next_due - time.time()))
 
     def _next_job(self):
         """Under the lock: the next unit of work, or None to wait."""

@@ -32,11 +32,10 @@ __all__ = [
 def make_face_source(spec: str, **kw) -> FaceSource:
     """'insightface' | 'mediapipe' | a track-file path (.json) | 'auto'.
 
-    'auto' takes InsightFace (the official detector) when its model files are already cached and onnxruntime is
-    installed, else mediapipe (Apache-2.0, fetched once from PyPI). Keyword arguments go to the source class.
+    'auto' takes InsightFace (the official detector; its buffalo_l files are fetched once with a checked hash when
+    not cached) when that works and onnxruntime is installed, else mediapipe (Apache-2.0, fetched once from PyPI),
+    logging why. Keyword arguments go to the source class.
     """
-    from engine.face.detection import models
-
     if spec == "insightface":
         from engine.face.detection.insightface import InsightFaceSource
 
@@ -46,14 +45,13 @@ def make_face_source(spec: str, **kw) -> FaceSource:
 
         return MediapipeFaceSource(**kw)
     if spec == "auto":
+        # The official detector first (fetched once, hash-checked, when not cached and the network allows);
+        # the Apache-2.0 mediapipe models when it cannot be had.
         try:
-            have = all(models.cached(m) is not None for m in (models.INSIGHTFACE_DETECTOR, models.INSIGHTFACE_LANDMARK))
-            if have:
-                return make_face_source("insightface", **kw)
-            why = "its buffalo_l model files are not cached"
-        except (BackendUnavailableError, CheckpointError) as exc:
-            why = str(exc)
-        log.info("face source auto: mediapipe (InsightFace skipped: %s)", why)
+            return make_face_source("insightface", **kw)
+        except (BackendUnavailableError, CheckpointError, OSError) as exc:
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.info("face source auto: mediapipe (InsightFace unavailable: %s)", why)
         return make_face_source("mediapipe", **kw)
     if str(spec).lower().endswith(".json") or Path(str(spec)).is_file():
         from engine.face.detection.trackfile import TrackFileSource

@@ -1,0 +1,322 @@
+"""WebSocket front end over streaming sessions: speech in, JPEG frames out, health endpoints, a session cap.
+
+Protocol (one session per connection, path `/` or `/stream`):
+
+client -> server
+  text   {"type": "start", "source": NAME, "mode": "live"|"utterance", "chunk_frames": 8|12|16,
+          "lookahead_ms": 0..2000, "idle": "passthrough"|"silence", "realtime": true|false}
+         (only "source" is required; NAME is one of the server's configured sources, never a path)
+  binary speech: 16 kHz mono int16 little-endian PCM, any whole number of samples per message
+  text   {"type": "end_of_speech"}
+  text   {"type": "close", "drain": false}      drain=true: finish the queued speech first
+server -> client
+  text   {"type": "started", "fps": 25, "source": NAME, "latency_floor_s": ..., "config": {...}}
+  binary one frame: 4-byte big-endian header length n, n bytes of UTF-8 JSON header
+         {"index", "time_s", "audio_time_s", "wall_time", "kind", "utterance", "utterance_frame",
+          "final", "source_index", "has_face"}, then the JPEG bytes (cv2.imencode, RGB content)
+  text   {"type": "error", "error": "<class>", "message": "... expected ..., found ..."}
+         (QueueFullError keeps the session open: that chunk of speech was refused; resend it later)
+  text   {"type": "closed", "stats": {...}}, then close code 1000
+Close codes: 1013 not ready / over the session cap (try again later), 1008 protocol violation, 1011 failure.
+HTTP: GET /live -> 200 as soon as the process serves; GET /ready -> 200 once the models are loaded and
+warmed up, else 503 with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import struct
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import numpy as np
+
+from engine.constants import FPS, SAMPLE_RATE
+from engine.errors import EngineError, InvalidInputError, QueueFullError, expect
+
+log = logging.getLogger(__name__)
+
+HEADER_LENGTH = struct.Struct(">I")  # frame message: header length, big-endian uint32
+CLOSE_TRY_LATER = 1013
+CLOSE_POLICY = 1008
+CLOSE_FAILURE = 1011
+STREAM_PATHS = ("/", "/stream")
+CLIENT_OPTIONS = ("mode", "chunk_frames", "lookahead_ms", "idle", "realtime")
+START_TIMEOUT_S = 30.0
+FRAME_POLL_S = 0.1
+WARMUP_SAMPLES = SAMPLE_RATE // 10  # 100 ms of silence -> 4 frames through every stage
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765  # 0: any free port (see `LipSyncServer.port`)
+    max_sessions: int = 2
+    jpeg_quality: int = 90
+    max_message_bytes: int = 1 << 20  # a speech message holds at most ~32 s of int16 PCM
+    max_queued_seconds: float = 30.0  # per session
+
+    def __post_init__(self) -> None:
+        expect(self.max_sessions >= 1, InvalidInputError, "max_sessions", ">= 1", self.max_sessions)
+        expect(1 <= self.jpeg_quality <= 100, InvalidInputError, "jpeg_quality", "1..100", self.jpeg_quality)
+        expect(0 <= self.port <= 65535, InvalidInputError, "port", "0..65535", self.port)
+
+
+def encode_frame(frame, quality: int = 90) -> bytes:
+    """One binary frame message: header length, JSON header, JPEG bytes."""
+    import cv2
+
+    ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(frame.rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise EngineError(f"frame {frame.index}: JPEG encoding failed")
+    header = json.dumps({
+        "index": frame.index, "time_s": frame.time_s, "audio_time_s": frame.audio_time_s,
+        "wall_time": frame.wall_time, "kind": frame.kind, "utterance": frame.utterance,
+        "utterance_frame": frame.utterance_frame, "final": frame.final, "source_index": frame.source_index,
+        "has_face": frame.has_face,
+    }).encode()
+    return HEADER_LENGTH.pack(len(header)) + header + jpeg.tobytes()
+
+
+def decode_frame(message: bytes) -> tuple[dict, np.ndarray]:
+    """Client side of `encode_frame`: (header, RGB image [H,W,3] uint8)."""
+    import cv2
+
+    (n,) = HEADER_LENGTH.unpack_from(message)
+    header = json.loads(message[HEADER_LENGTH.size:HEADER_LENGTH.size + n])
+    jpeg = np.frombuffer(message[HEADER_LENGTH.size + n:], np.uint8)
+    return header, cv2.imdecode(jpeg, cv2.IMREAD_COLOR)[..., ::-1]
+
+
+def pcm_from_message(message: bytes) -> np.ndarray:
+    """Binary speech message -> int16 samples [n]; an odd byte count is not whole samples."""
+    expect(len(message) % 2 == 0, InvalidInputError, "speech message", "int16 PCM (an even number of bytes)",
+           f"{len(message)} bytes")
+    return np.frombuffer(message, dtype="<i2").astype(np.int16)
+
+
+class LipSyncServer:
+    """Serves `StreamSession`s over WebSockets.
+
+    `load()` runs in a thread after the socket is listening and returns `(sync, sources)`:
+    a loaded `LipSync` and {name: Avatar | video path | frames}. `face` is the landmark source
+    for video sources (default: the model's face setting).
+    """
+
+    def __init__(self, load: Callable[[], tuple], config: ServerConfig | None = None, *, face=None,
+                 stream_defaults=None) -> None:
+        from engine.stream.session import StreamConfig
+
+        self.config = config or ServerConfig()
+        self._load = load
+        self._face = face
+        self._defaults = stream_defaults or StreamConfig()
+        self.sync = None
+        self.sources: dict = {}
+        self.ready = False
+        self.not_ready_reason = "loading models"
+        self.active_sessions = 0
+        self.sessions_served = 0
+        self._server = None
+        self._pool = ThreadPoolExecutor(max_workers=2 * self.config.max_sessions + 2,
+                                        thread_name_prefix="lipsync-serve")
+        self._loaded = threading.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> int:
+        """Listen, then load and warm up in the background; returns the bound port."""
+        from websockets.asyncio.server import serve
+
+        self._server = await serve(self._handle, self.config.host, self.config.port,
+                                   process_request=self._process_request, max_size=self.config.max_message_bytes)
+        asyncio.get_running_loop().run_in_executor(self._pool, self._load_and_warm_up)
+        return self.port
+
+    @property
+    def port(self) -> int:
+        return self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        log.info("serving on ws://%s:%d (live: /live, ready: /ready)", self.config.host, self.port)
+        try:
+            await self._server.serve_forever()
+        finally:
+            await self.stop()
+
+    def _load_and_warm_up(self) -> None:
+        try:
+            sync, sources = self._load()
+            expect(bool(sources), InvalidInputError, "server sources", "at least one --avatar or --video", "none")
+            self.sync, self.sources = sync, dict(sources)
+            self.not_ready_reason = "warming up"
+            self._warm_up()
+            self.ready = True
+            log.info("ready: sources %s", sorted(self.sources))
+        except BaseException as exc:  # reported by /ready
+            log.exception("model loading or warm-up failed")
+            self.not_ready_reason = f"failed: {type(exc).__name__}: {exc}"
+        finally:
+            self._loaded.set()
+
+    def _warm_up(self) -> None:
+        """Every stage once (audio encoder, VAE, U-Net, restore) on the first source, before any client."""
+        name = sorted(self.sources)[0]
+        session = self._open_session(name, dataclasses.replace(self._defaults, mode="utterance", realtime=False))
+        try:
+            session.push_audio(np.zeros(WARMUP_SAMPLES, np.float32))
+            session.end_of_speech()
+            session.finish()
+            for _ in session.frames(timeout=600):
+                pass
+        finally:
+            session.close()
+
+    def _open_session(self, name: str, config):
+        from engine.stream.session import StreamSession
+
+        return StreamSession(self.sync, self.sources[name], config, face=self._face)
+
+    # ------------------------------------------------------------------ HTTP
+    def _process_request(self, connection, request):
+        path = request.path.split("?", 1)[0]
+        if path == "/live":
+            return connection.respond(HTTPStatus.OK, "live\n")
+        if path == "/ready":
+            if self.ready:
+                return connection.respond(HTTPStatus.OK, "ready\n")
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"not ready: {self.not_ready_reason}\n")
+        if path not in STREAM_PATHS:
+            return connection.respond(HTTPStatus.NOT_FOUND, f"no such path: {path}\n")
+        return None
+
+    # ------------------------------------------------------------------ WebSocket
+    async def _handle(self, ws) -> None:
+        if not self.ready:
+            await ws.close(CLOSE_TRY_LATER, f"not ready: {self.not_ready_reason}"[:120])
+            return
+        if self.active_sessions >= self.config.max_sessions:
+            await ws.close(CLOSE_TRY_LATER, f"busy: at most {self.config.max_sessions} sessions")
+            return
+        self.active_sessions += 1
+        try:
+            await self._serve(ws)
+        finally:
+            self.active_sessions -= 1
+            self.sessions_served += 1
+
+    async def _serve(self, ws) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        loop = asyncio.get_running_loop()
+        session = sender = None
+        try:
+            name, config = self._parse_start(await asyncio.wait_for(ws.recv(), START_TIMEOUT_S))
+            session = await loop.run_in_executor(self._pool, self._open_session, name, config)
+            await ws.send(json.dumps({"type": "started", "fps": FPS, "source": name,
+                                      "latency_floor_s": config.latency_floor_s,
+                                      "config": {k: getattr(config, k) for k in CLIENT_OPTIONS}}))
+            sender = asyncio.create_task(self._send_frames(ws, session))
+            drain = await self._receive(ws, session, sender)
+            if drain:
+                session.finish()
+                await sender
+            await ws.send(json.dumps({"type": "closed", "stats": session.stats}))
+            await ws.close(1000, "session closed")
+        except ConnectionClosed:
+            log.info("client went away; closing its session")
+        except (EngineError, ValueError, TimeoutError) as exc:
+            code = CLOSE_FAILURE if isinstance(exc, EngineError) and not isinstance(exc, InvalidInputError) \
+                else CLOSE_POLICY
+            await self._report(ws, exc, close_code=code)
+        finally:
+            if sender is not None:
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
+            if session is not None:
+                await loop.run_in_executor(self._pool, session.close)
+
+    def _parse_start(self, message) -> tuple:
+        expect(isinstance(message, str), InvalidInputError, "first message", 'a text {"type": "start", ...}',
+               "binary data")
+        start = _parse_json(message)
+        expect(start.get("type") == "start", InvalidInputError, "first message type", "start", start.get("type"))
+        name = start.get("source")
+        expect(name in self.sources, InvalidInputError, "source", f"one of {sorted(self.sources)}", repr(name))
+        unknown = sorted(set(start) - {"type", "source", *CLIENT_OPTIONS})
+        expect(not unknown, InvalidInputError, "start options", f"only {CLIENT_OPTIONS}", unknown)
+        options = {k: start[k] for k in CLIENT_OPTIONS if k in start}
+        try:
+            config = dataclasses.replace(self._defaults, max_queued_seconds=self.config.max_queued_seconds,
+                                         **options)
+        except TypeError as exc:
+            raise InvalidInputError(f"start options: expected valid values, found {options}") from exc
+        return name, config
+
+    async def _receive(self, ws, session, sender) -> bool:
+        """Feed the session until the client asks to close (-> drain?) or the frames stop."""
+        while True:
+            recv = asyncio.ensure_future(ws.recv())
+            done, _ = await asyncio.wait({recv, sender}, return_when=asyncio.FIRST_COMPLETED)
+            if recv not in done:  # the session ended (failure): stop listening
+                recv.cancel()
+                await asyncio.gather(recv, return_exceptions=True)
+                sender.result()  # raises the session's error
+                return False
+            message = recv.result()
+            if isinstance(message, bytes):
+                try:
+                    session.push_audio(pcm_from_message(message))
+                except QueueFullError as exc:
+                    await self._report(ws, exc)
+                continue
+            control = _parse_json(message)
+            kind = control.get("type")
+            if kind == "end_of_speech":
+                session.end_of_speech()
+            elif kind == "close":
+                return bool(control.get("drain", False))
+            else:
+                raise InvalidInputError(f"control message type: expected end_of_speech or close, found {kind!r}")
+
+    async def _send_frames(self, ws, session) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            frame = await loop.run_in_executor(self._pool, session.next_frame, FRAME_POLL_S)
+            if frame is None:
+                if not session.worker_alive:
+                    return
+                continue
+            await ws.send(await loop.run_in_executor(self._pool, encode_frame, frame, self.config.jpeg_quality))
+
+    @staticmethod
+    async def _report(ws, exc: BaseException, *, close_code: int | None = None) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            await ws.send(json.dumps({"type": "error", "error": type(exc).__name__, "message": str(exc)}))
+            if close_code is not None:
+                await ws.close(close_code, f"{type(exc).__name__}"[:120])
+        except ConnectionClosed:
+            pass
+
+
+def _parse_json(message: str) -> dict:
+    try:
+        data = json.loads(message)
+    except ValueError as exc:
+        raise InvalidInputError(f"control message: expected JSON, found {message[:80]!r}") from exc
+    expect(isinstance(data, dict), InvalidInputError, "control message", "a JSON object", type(data).__name__)
+    return data
