@@ -99,12 +99,14 @@ def child(video: Path, audio: Path, landmarks: Path, model: str, resolution: int
         t0, cpu0 = time.perf_counter(), time.process_time()
         result = sync(video, audio, out.with_suffix(".mp4"), face=source, **RUN_SETTINGS)
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        rss_end = status_mib("VmRSS")  # steady state: what the run still holds once every frame is out
     report = {
         "frames": result.num_frames, "no_face_frames": sum(b - a for a, b in result.no_face_ranges),
         "wall_s": round(wall, 2), "process_cpu_s": round(cpu, 2), "frames_per_s": round(result.num_frames / wall, 3),
         "rss_start_mib": round(rss_start, 1), "rss_after_load_mib": round(rss_loaded, 1),
         "peak_rss_sampled_mib": round(sampler.peak_mib, 1), "peak_rss_hwm_mib": round(status_mib("VmHWM"), 1),
-        "peak_rss_getrusage_mib": round(max_rss_mib(), 1), "timings_s": result.timings,
+        "peak_rss_getrusage_mib": round(max_rss_mib(), 1), "rss_end_mib": round(rss_end, 1),
+        "timings_s": result.timings,
         "rss_timeline": sampler.thinned(),
     }
     out.write_text(json.dumps(report))
@@ -146,12 +148,11 @@ def plot(rows: list[dict], path: Path) -> Path:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| input s | frames | no-face frames | RSS after load MiB | peak RSS MiB | growth MiB | wall s | frames/s |",
+    lines = ["| input s | frames | no-face frames | RSS after load MiB | peak RSS MiB | RSS at end MiB | wall s | frames/s |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['input_seconds']:g} | {r['frames']} | {r['no_face_frames']} | {r['rss_after_load_mib']:.0f} | "
-                     f"{r['peak_rss_hwm_mib']:.0f} | {r['peak_rss_hwm_mib'] - r['rss_after_load_mib']:.0f} | "
-                     f"{r['wall_s']:.0f} | {r['frames_per_s']:.2f} |")
+                     f"{r['peak_rss_hwm_mib']:.0f} | {r['rss_end_mib']:.0f} | {r['wall_s']:.0f} | {r['frames_per_s']:.2f} |")
     return "\n".join(lines)
 
 
@@ -178,12 +179,17 @@ def summarise(rows: list[dict], args: argparse.Namespace) -> dict:
     frame_mib = BASE_SIZE[0] * BASE_SIZE[1] * 3 / BYTES_PER_MIB
     seconds = [r["input_seconds"] for r in rows]
     peaks = [r["peak_rss_hwm_mib"] for r in rows]
-    slope = float(np.polyfit(seconds, peaks, 1)[0]) if len(set(seconds)) > 1 else None
+    fit = len(set(seconds)) > 1
+
+    def slope(values: list[float]) -> float | None:
+        return round(float(np.polyfit(seconds, values, 1)[0]), 3) if fit else None
+
     return {
         "machine": machine_info(args.note), "model": args.model, "resolution": args.resolution, "faces": args.faces,
         "input_size": list(BASE_SIZE), "settings": RUN_SETTINGS,
         "mib_per_input_frame": round(frame_mib, 3),
-        "peak_slope_mib_per_input_s": None if slope is None else round(slope, 2),
+        "peak_slope_mib_per_input_s": slope(peaks),
+        "end_rss_slope_mib_per_input_s": slope([r["rss_end_mib"] for r in rows]),
         "hold_all_frames_slope_mib_per_input_s": round(FPS * frame_mib, 2),
         "hold_all_frames_would_add_mib": {f"{r['input_seconds']:g}": round(r["frames"] * frame_mib, 1) for r in rows},
         "rows": rows,

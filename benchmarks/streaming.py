@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--drift-chunks", type=int, nargs="+", default=[16])
     p.add_argument("--drift-lookaheads", type=float, nargs="+", default=[0, 120, 240, 480])
     p.add_argument("--soak-minutes", type=float, default=0.0, help="also run a synthetic live stream this long")
+    p.add_argument("--parts", nargs="+", choices=["latency", "drift", "soak"], default=["latency", "drift", "soak"])
     p.add_argument("--out", default=str(RESULTS / "streaming.json"))
     args = p.parse_args(argv)
 
@@ -195,13 +196,13 @@ def main(argv: list[str] | None = None) -> int:
               "speech_seconds": args.seconds, "first_chunk_only": args.first_chunk_only, "latency": [], "drift": [], "soak": None}
     with tempfile.TemporaryDirectory() as tmp:
         avatar = None
-        if not args.no_avatar_runs:
+        if "latency" in args.parts and not args.no_avatar_runs:
             t0 = time.perf_counter()
             from engine.pipeline.faces import LandmarkArraySource
 
             avatar = prepare_avatar(sync, frames, Path(tmp) / "avatar", face=LandmarkArraySource(landmarks))
             result["avatar_prepare_s_per_frame"] = round((time.perf_counter() - t0) / len(frames), 4)
-        for use_avatar in ([False, True] if avatar is not None else [False]):
+        for use_avatar in ([False, True] if avatar is not None else [False]) if "latency" in args.parts else []:
             for chunk in args.chunks:
                 for ms in args.lookaheads:
                     row = live_latency(sync, avatar if use_avatar else frames, None if use_avatar else landmarks,
@@ -212,17 +213,19 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"chunk {chunk} lookahead {ms:g} avatar {use_avatar}: first frame "
                           f"{row['first_frame_latency_s']} s (floor {row['latency_floor_s']}), chunk compute "
                           f"{row['chunk_compute_s_mean']} s", flush=True)
-    result["drift"] = drift_table(sync.core.audio_encoder, args.drift_seconds, args.drift_chunks,
-                                  args.drift_lookaheads)
-    if args.soak_minutes > 0:
+    if "drift" in args.parts:
+        result["drift"] = drift_table(sync.core.audio_encoder, args.drift_seconds, args.drift_chunks,
+                                      args.drift_lookaheads)
+    if "soak" in args.parts and args.soak_minutes > 0:
         result["soak"] = soak(sync, args.soak_minutes, settings)
         print(f"soak: {result['soak']}", flush=True)
     result["load_average_end"] = os.getloadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    plot(result, out.with_suffix(".png"))
-    print(f"wrote {out} and {out.with_suffix('.png')}")
+    if result["latency"] or result["drift"]:
+        plot(result, out.with_suffix(".png"))
+    print(f"wrote {out}")
     return 0
 
 

@@ -22,6 +22,14 @@ LATENT_DOWNSAMPLE = 8  # VAE pixels per latent
 WHISPER_WINDOW_MEL_FRAMES = 3000  # 30 s whisper window, in mel frames (10 ms hop)
 
 
+def _check_positive_ints(config: object) -> None:
+    """InvalidInputError naming the first field of a dataclass that is not a positive int."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        expect(isinstance(value, int) and value > 0, InvalidInputError, f"{type(config).__name__}.{f.name}",
+               "a positive int", value)
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Static sizes of one model family; read from the loaded modules (see `geometry_of`)."""
@@ -38,9 +46,7 @@ class Geometry:
     audio_width: int = 384  # whisper n_audio_state
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            expect(isinstance(value, int) and value > 0, InvalidInputError, f"Geometry.{f.name}", "a positive int", value)
+        _check_positive_ints(self)
 
 
 @dataclass(frozen=True)
@@ -54,9 +60,7 @@ class ShapeSettings:
     length: int = WHISPER_WINDOW_MEL_FRAMES  # mel frames
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            expect(isinstance(value, int) and value > 0, InvalidInputError, f"ShapeSettings.{f.name}", "a positive int", value)
+        _check_positive_ints(self)
 
 
 @dataclass(frozen=True)
@@ -70,9 +74,7 @@ class BuildShape:
     min_frames: int = 1  # last chunk may be shorter
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            expect(isinstance(value, int) and value > 0, InvalidInputError, f"BuildShape.{f.name}", "a positive int", value)
+        _check_positive_ints(self)
         expect(self.min_frames <= self.frames, InvalidInputError, "BuildShape.min_frames", f"<= frames ({self.frames})", self.min_frames)
 
 

@@ -68,4 +68,30 @@ def test_memory_benchmark_measures_each_length_in_a_child(media, micro_model, tm
     assert [r["no_face_frames"] for r in rows] == [0, 18]
     for r in rows:
         assert r["peak_rss_hwm_mib"] >= r["rss_after_load_mib"] > r["rss_start_mib"] > 0
-        assert r["rss_timeline"]
+        assert r["rss_timeline"] and r["peak_rss_hwm_mib"] >= r["rss_end_mib"] > 0
+
+
+def test_memory_report_helpers_tile_faces_and_fit_the_peak_slope(tmp_path, monkeypatch):
+    import numpy as np
+
+    bench = _load("memory", monkeypatch)
+    base = np.arange(3 * 3 * 2, dtype=np.float32).reshape(3, 3, 2)
+    tiled = bench.tiled_landmarks(base, 7, "all", chunk=4)
+    assert np.array_equal(tiled[[0, 3, 6]], base[[0, 0, 0]]) and np.array_equal(tiled[5], base[2])
+    first = bench.tiled_landmarks(base, 7, "first-chunk", chunk=4)
+    assert np.isnan(first[4:]).all() and np.array_equal(first[:4], tiled[:4])
+
+    def row(seconds: float, peak: float) -> dict:
+        return {"input_seconds": seconds, "frames": int(25 * seconds) + 2, "no_face_frames": 0, "wall_s": 1.0,
+                "frames_per_s": 1.0, "rss_after_load_mib": 100.0, "peak_rss_hwm_mib": peak,
+                "rss_end_mib": 150.0,
+                "rss_timeline": [(0.0, 100.0), (1.0, peak)]}
+
+    args = bench.parse_args(["--out", str(tmp_path / "m.json")])
+    report = bench.publish(bench.summarise([row(1, 200.0), row(2, 203.0), row(4, 209.0)], args), args.out,
+                           bench.plot, bench.table)
+    assert report["peak_slope_mib_per_input_s"] == pytest.approx(3.0)
+    assert report["end_rss_slope_mib_per_input_s"] == pytest.approx(0.0, abs=1e-9)
+    assert report["hold_all_frames_slope_mib_per_input_s"] == pytest.approx(25 * 540 * 960 * 3 / 2**20, abs=0.01)
+    assert json.loads(args.out.read_text())["rows"][2]["peak_rss_hwm_mib"] == 209.0
+    assert args.out.with_suffix(".png").stat().st_size > 0

@@ -103,7 +103,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _network_args(args: argparse.Namespace) -> dict:
     return dict(syncnet=not args.no_syncnet, syncnet_weights=args.syncnet_weights, stable=args.stable,
                 stable_weights=args.stable_syncnet_weights, random_weights=args.random_weights,
-                offline=args.offline, device=args.device or "cpu")  # fmt: skip
+                offline=args.offline, device=args.device or _default_device())  # fmt: skip
 
 
 def _eval_options(args: argparse.Namespace):
@@ -127,8 +127,7 @@ def _sweep(args: argparse.Namespace, audio: str) -> int:
         offline=args.offline, eval=_eval_options(args),
     )  # fmt: skip
     plan_settings(options.baseline, list(options.settings or ()))  # bad settings: typed errors before any work
-    device = args.device or _default_device()
-    networks = load_networks(**{**_network_args(args), "device": device})
+    networks = load_networks(**_network_args(args))
     out = Path(args.out or f"sweep-{Path(args.video).stem}")
     table = run_sweep(args.video, audio, out, networks, options)
     print(_sweep_summary(table, out))

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.constants import SAMPLE_RATE, SAMPLES_PER_FRAME
-from engine.errors import EngineError, InvalidInputError, NoFaceError, expect
+from engine.errors import BackendUnavailableError, EngineError, InvalidInputError, NoFaceError, expect
 from engine.eval.report import EvalNetworks, EvalOptions, evaluate_clip
 from engine.eval.sweep_settings import DEFAULT_BACKEND, DEFAULT_BASELINE, SweepSetting, default_settings, plan_settings
 
@@ -151,10 +151,10 @@ def run_sweep(video: str | Path, audio: str | Path, out_dir: str | Path, network
         sync = LipSync.from_pretrained(options.model, device=options.device, dtype=options.dtype, face=options.face,
                                        offline=options.offline, resolution=options.resolution)  # fmt: skip
     table = SweepTable(
-        video=video, audio=audio, model=getattr(sync.models, "name", options.model), device=str(sync.placement.device),
-        dtype=sync.placement.dtype_name, baseline=planned[0].name, random_model=bool(getattr(sync.models, "is_random",
-        False)), random_eval_weights=networks.random_weights, rows=[], notes=notes,
-        face_frames=sum(b is not None for b in boxes),
+        video=video, audio=audio, model=getattr(sync.models, "name", options.model),
+        device=str(sync.placement.device), dtype=sync.placement.dtype_name, baseline=planned[0].name,
+        random_model=bool(getattr(sync.models, "is_random", False)), random_eval_weights=networks.random_weights,
+        rows=[], notes=notes, face_frames=sum(b is not None for b in boxes),
     )  # fmt: skip
     if table.warning:
         log.warning(table.warning)
@@ -168,20 +168,26 @@ def run_sweep(video: str | Path, audio: str | Path, out_dir: str | Path, network
     reference: str | None = None
     eval_faces: tuple[list, list] | None = None
     for k, setting in enumerate(planned):
-        row = runners.run(setting, runs_dir / f"{k:02d}_{_slug(setting.name)}.mp4", options.repeats)
+        baseline = k == 0  # without it nothing can be compared: its errors end the sweep, with their own type
+        row = runners.run(setting, runs_dir / f"{k:02d}_{_slug(setting.name)}.mp4", options.repeats,
+                          raise_errors=baseline)  # fmt: skip
         table.rows.append(row)
-        if row.status != "ok":
-            if k == 0:
-                raise EngineError(f"sweep baseline {setting.name!r}: expected a run, found {row.status}: {row.reason}")
+        if row.status == "ok":
+            if eval_faces is None:
+                eval_faces = output_faces(boxes, landmarks, row.frames)
+            reference = reference or row.output
+            try:
+                row.metrics = _score(row, audio, eval_faces, networks, reference, options.eval)
+            except EngineError as exc:
+                if baseline:
+                    raise
+                row.status, row.reason = "failed", f"scoring: {type(exc).__name__}: {exc}"
+        if row.status == "ok":
+            log.info("sweep %s: %.2f s, %.2f frames/s %s", setting.name, row.wall_s, row.frames / row.wall_s,
+                     {k: v for k, v in row.metrics.items() if v is not None})  # fmt: skip
+        else:
             log.warning("sweep %s: %s (%s)", setting.name, row.status, row.reason)
-            continue
-        if eval_faces is None:
-            eval_faces = output_faces(boxes, landmarks, row.frames)
-        reference = reference or row.output
-        row.metrics = _score(row, audio, eval_faces, networks, reference, options.eval)
-        log.info("sweep %s: %.2f s, %.2f frames/s %s", setting.name, row.wall_s, row.frames / row.wall_s,
-                 {k: v for k, v in row.metrics.items() if v is not None})  # fmt: skip
-    write_table(table, out_dir)
+        write_table(table, out_dir)  # after every row: a long sweep that stops keeps what it measured
     return table
 
 
@@ -243,7 +249,9 @@ class _Runners:
             self.setup[backend] = time.perf_counter() - t0
         return self.syncs[backend]
 
-    def run(self, setting: SweepSetting, output: Path, repeats: int) -> SweepRow:
+    def run(self, setting: SweepSetting, output: Path, repeats: int, *, raise_errors: bool = False) -> SweepRow:
+        """Time `repeats` runs of `setting` into `output`; an unusable backend or (unless `raise_errors`) a
+        failing run gives a skipped / failed row instead of an exception."""
         from engine.eval.sweep_runs import run_setting
 
         row = SweepRow(setting)
@@ -260,9 +268,13 @@ class _Runners:
                 result = run_setting(sync, setting, self.video, self.speech, self.faces, output)
                 row.wall_runs_s.append(result.wall_s)
         except _Skip as skip:
+            if raise_errors:
+                raise BackendUnavailableError(f"sweep baseline {setting.name!r}: {skip}") from skip
             row.status, row.reason = "skipped", str(skip)
             return row
         except Exception as exc:  # noqa: BLE001 - one broken setting must not lose the others' hours of work
+            if raise_errors:
+                raise
             log.exception("sweep setting %s failed", setting.name)
             row.status, row.reason = "failed", f"{type(exc).__name__}: {exc}"
             return row

@@ -16,6 +16,7 @@ output never stalls; the source position runs on through idle frames.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import logging
 import queue
@@ -46,6 +47,26 @@ CHUNK_CHOICES = (8, 12, 16)
 MAX_LOOKAHEAD_MS = 2000.0
 POLL_S = 0.05  # how often blocked waits re-check for close()
 IDLE_MIN_WAIT_S = 0.005  # idle frame due but the consumer has not taken the last one yet
+
+
+_malloc_trim = None
+
+
+def trim_heap() -> None:
+    """Hand freed heap memory back to the OS (glibc only; elsewhere a no-op).
+
+    glibc keeps the freed blocks of a thread's varying-size tensors (the live whisper
+    encode grows with the segment) in that thread's arena: measured without this, a
+    live stream's RSS crept from 500 to 1070 MiB in 150 s; with it, it stays flat.
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
 
 
 @dataclass(frozen=True)
@@ -454,6 +475,7 @@ class StreamSession:
         items = self._cursor.take(n)
         frames = self.core.sync_chunk(items, range(utt.done, utt.done + n), audio_embeds, self.config.sync,
                                       utt.init_noise, utt.generator, self._aligner, self.timer)
+        trim_heap()
         self.chunk_seconds.append(time.perf_counter() - t0)
         for out in frames:
             if self._closed:
