@@ -21,7 +21,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, help="random seed (default 1247, the official one)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16")
-    p.add_argument("--backend", default="torch", help="torch | compile | onnxruntime | tensorrt | auto")
+    p.add_argument("--backend", default="auto",
+                   help="auto (fastest available, built engines only; logs why others were rejected) | torch | compile"
+                        " | onnxruntime | tensorrt, or per network: unet=tensorrt,vae=torch,audio=torch")
     p.add_argument("--face", default="auto",
                    help="face source: auto | insightface | mediapipe | path to a face-track JSON")
     p.add_argument("--strict-faces", action="store_true", help="fail if any frame has no face (default: pass through)")

@@ -88,6 +88,8 @@ def vae_posterior(vae, pixels: Tensor) -> tuple[Tensor, Tensor]:
     std = exp(0.5 * clamp(logvar, -30, 20)).
     """
     _check_pixels(pixels)
+    if hasattr(vae, "posterior"):  # a backend runner (engine.backends.VaeRunner)
+        return vae.posterior(pixels)
     dtype, device = _vae_dtype_device(vae)
     moments = vae.encode(pixels.to(device=device, dtype=dtype)).latent_dist.parameters  # [f,8,h,w]
     mean, logvar = torch.chunk(moments, 2, dim=1)
@@ -125,6 +127,8 @@ def vae_decode(vae, latents: Tensor) -> Tensor:
     """Decoded images [f,3,R,R] (not clamped) from scaled latents [f,4,h,w], in the VAE dtype."""
     if latents.ndim != 4 or latents.shape[1] != LATENT_CHANNELS:
         raise InvalidInputError(f"VAE latents: expected [f,4,h,w], found {list(latents.shape)}")
+    if hasattr(vae, "decode_latents"):  # a backend runner (engine.backends.VaeRunner)
+        return vae.decode_latents(latents)
     dtype, device = _vae_dtype_device(vae)
     z = latents.to(device=device, dtype=dtype) / VAE_SCALING_FACTOR + VAE_SHIFT_FACTOR
     return vae.decode(z).sample

@@ -60,10 +60,17 @@ class _Span:
         self.sink, self.stage = sink, stage
 
     def __enter__(self) -> None:
+        _sync_cuda()
         self.t0 = time.perf_counter()
 
     def __exit__(self, *exc) -> None:
+        _sync_cuda()  # asynchronous GPU work is charged to the stage that queued it
         self.sink[self.stage] += time.perf_counter() - self.t0
+
+
+def _sync_cuda() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 class FaceLandmarkSource:
@@ -150,6 +157,7 @@ class LipSyncCore:
         config: SyncConfig,
         *,
         num_source_estimate: int | None = None,
+        exact_source_count: bool = False,
         timer: StageTimer | None = None,
         on_chunk: Callable[[int, int], None] | None = None,
         strict_faces: bool = False,
@@ -162,7 +170,7 @@ class LipSyncCore:
         timer = timer or StageTimer()
         aligner = self.new_aligner()
         cursor = SourceCursor(frames, faces, aligner, num_output=audio.num_frames,
-                              num_source_estimate=num_source_estimate, timer=timer)
+                              num_source_estimate=num_source_estimate, exact_count=exact_source_count, timer=timer)
         generator, init_noise = self.start_noise(config.seed)
         scan_only = False
         try:

@@ -37,12 +37,22 @@ class TrackedFaceSource(FaceLandmarkSource):
         return None if observation is None else np.asarray(observation.landmarks3, dtype=np.float32)
 
 
-def make_landmark_source(spec, resolution: int) -> FaceLandmarkSource:
-    """'auto' | 'insightface' | 'mediapipe' | a track-file path | an array [T,3,2] | a FaceLandmarkSource."""
+def make_landmark_source(spec, resolution: int, detectors: dict | None = None) -> FaceLandmarkSource:
+    """'auto' | 'insightface' | 'mediapipe' | a track-file path | an array [T,3,2] | a FaceLandmarkSource.
+
+    Every run gets a fresh tracker; the detector behind it (model sessions) is
+    reused from `detectors` when given, so repeated runs do not reload models.
+    """
     if isinstance(spec, FaceLandmarkSource):
         return spec
     if isinstance(spec, np.ndarray):
         return LandmarkArraySource(spec)
     from engine.face.detection import FaceTracker, make_face_source
 
-    return TrackedFaceSource(FaceTracker(make_face_source(str(spec))))
+    key = str(spec)
+    detector = detectors.get(key) if detectors is not None else None
+    if detector is None:
+        detector = make_face_source(key)
+        if detectors is not None:
+            detectors[key] = detector
+    return TrackedFaceSource(FaceTracker(detector))

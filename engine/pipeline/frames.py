@@ -19,16 +19,16 @@ def pingpong_index(output_index: int, num_source: int) -> int:
     return k if loop % 2 == 0 else num_source - 1 - k
 
 
-def first_source_needed_again(num_output: int, num_source_estimate: int | None) -> int:
+def first_source_needed_again(num_output: int, num_source_estimate: int | None, *, exact: bool = False) -> int:
     """Smallest source index that a reversed copy may revisit (0 means keep everything).
 
     With L output frames and T source frames the reversed copy reaches down to
-    source 2T - L. T is only an estimate (container metadata) until decoding
-    ends, so a margin of 64 frames plus 10 % is kept below that.
+    source 2T - L. When T is only an estimate (container duration) a margin of
+    64 frames plus 10 % is kept below that; an exact count keeps 2 spare frames.
     """
     if num_source_estimate is None or num_output > 2 * num_source_estimate:
         return 0
-    margin = 64 + num_source_estimate // 10
+    margin = 2 if exact else 64 + num_source_estimate // 10
     return max(0, 2 * num_source_estimate - num_output - margin)
 
 

@@ -86,13 +86,16 @@ class LipSync:
         self.placement = placement
         self.face = face
         self.backend = backend
-        unet = models.unet
-        if backend != "torch":
-            from engine.backends import select_unet_runner  # lazy: optional runtimes
+        self._detectors: dict = {}  # face detectors by spec, loaded once
+        unet, vae, audio_encoder = models.unet, models.vae, models.audio_encoder
+        if backend != "torch":  # eager torch needs no runner layer
+            from engine.backends import create_runners  # lazy: optional runtimes
 
-            unet = select_unet_runner(backend, models, placement)
+            runners = create_runners(models, backend, device=placement.device)
+            unet, vae, audio_encoder = runners.unet, runners.vae, runners.audio_encoder
+            log.info("backends: %s", ", ".join(f"{k}={v}" for k, v in runners.choice.items()))
         self.core = LipSyncCore(
-            unet=unet, vae=models.vae, audio_encoder=models.audio_encoder, resolution=models.resolution,
+            unet=unet, vae=vae, audio_encoder=audio_encoder, resolution=models.resolution,
             device=placement.device, dtype=placement.dtype,
         )
 
@@ -134,7 +137,7 @@ class LipSync:
         guidance: float | None = None,
         deepcache: int | None = None,
         seed: int | None = None,
-        face: str | None = None,
+        face=None,
         strict_faces: bool = False,
         crf: int = 18,
         progress: Callable[[int, int], None] | None = None,
@@ -155,10 +158,10 @@ class LipSync:
         log.info("settings: %s", config)
         with timer.measure("load_audio"):
             samples = self._load_audio(audio)
-        frames, size, estimate = self._open_video(video)
+        frames, size, estimate, exact = self._open_video_counted(video)
         with timer.measure("audio_features"):
             plan: AudioPlan = self.core.plan_audio(samples)
-        faces = make_landmark_source(face or self.face, self.models.resolution)
+        faces = make_landmark_source(face or self.face, self.models.resolution, self._detectors)
         out_path = Path(output) if output is not None else None
         writer = None
         collected: list[np.ndarray] = []
@@ -166,8 +169,8 @@ class LipSync:
         sources: set[int] = set()
         produced = 0
         try:
-            for item in self.core.run(frames, plan, faces, config, num_source_estimate=estimate, timer=timer,
-                                      strict_faces=strict_faces):
+            for item in self.core.run(frames, plan, faces, config, num_source_estimate=estimate,
+                                      exact_source_count=exact, timer=timer, strict_faces=strict_faces):
                 item: OutputFrame
                 if not item.has_face:
                     no_face.append(item.index)
@@ -219,18 +222,29 @@ class LipSync:
         return array
 
     def _open_video(self, video):
-        """-> (frame iterator, (H, W) or None, frame-count estimate or None). Probes files before any model work."""
+        """-> (frames, (H, W) or None, frame count estimate or None)."""
+        return self._open_video_counted(video)[:3]
+
+    def _open_video_counted(self, video):
+        """-> (frames, (H, W) or None, frame count or None, whether the count is exact).
+
+        Files are probed before any model work. A 25 fps file's frames are counted
+        exactly from its packets (no decoding), so a ping-pong pass keeps only the
+        frames it will revisit; other rates are resampled and only estimated.
+        """
         if isinstance(video, (str, Path)):
-            from engine.media import estimate_frame_count, iter_video_frames, probe
+            from engine.media import count_source_frames, estimate_frame_count, iter_video_frames, probe
 
             info = probe(video, require_video=True)
             v = info.video
-            return (f.rgb for f in iter_video_frames(video, fps=FPS)), (v.height, v.width), estimate_frame_count(v)
+            exact = abs(v.fps - FPS) < 1e-3
+            count = count_source_frames(video) if exact else estimate_frame_count(v)
+            return (f.rgb for f in iter_video_frames(video, fps=FPS)), (v.height, v.width), count, exact
         if isinstance(video, np.ndarray):
             if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
                 raise InvalidInputError(f"video: expected uint8 frames [T,H,W,3], found {video.dtype} {video.shape}")
-            return iter(video), video.shape[1:3], video.shape[0]
-        return iter(video), None, None
+            return iter(video), video.shape[1:3], video.shape[0], True
+        return iter(video), None, None, False
 
     def _open_writer(self, path: Path, first: np.ndarray, plan: AudioPlan, crf: int):
         from engine.media import VideoWriter

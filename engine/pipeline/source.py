@@ -47,7 +47,8 @@ class SourceCursor:
     """
 
     def __init__(self, frames: Iterable, faces, aligner, *, num_output: int | None = None,
-                 num_source_estimate: int | None = None, timer=None, keep_frames: bool = True) -> None:
+                 num_source_estimate: int | None = None, timer=None, keep_frames: bool = True,
+                 exact_count: bool = False) -> None:
         from engine.pipeline.core import StageTimer
 
         self._frames = iter(frames)
@@ -59,7 +60,7 @@ class SourceCursor:
         elif num_output is None:
             self._keep_from = 0
         else:
-            self._keep_from = first_source_needed_again(num_output, num_source_estimate)
+            self._keep_from = first_source_needed_again(num_output, num_source_estimate, exact=exact_count)
         self._store = FrameStore()
         self._matrices: dict[int, np.ndarray | None] = {}
         self.num_source: int | None = None  # T, known once the frames run out
