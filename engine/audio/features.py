@@ -11,7 +11,7 @@ from engine.audio.whisper import CONV_STRIDE, WhisperAudioEncoder
 from engine.constants import HOP_LENGTH, MEL_WINDOW_FRAMES
 
 MIN_FEATURE_SAMPLES = CONV_STRIDE * HOP_LENGTH  # 320 samples (20 ms) give the first feature row
-WINDOW_BATCH = 4  # 30 s windows encoded per encoder call (bounds attention memory)
+WINDOW_BATCH = 1  # 30 s windows per encoder call: one keeps peak memory flat in the clip length
 
 
 def mel_windows(mel: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
