@@ -27,6 +27,7 @@ import torch
 from engine.constants import SAMPLES_PER_FRAME
 from engine.errors import InvalidInputError
 from engine.pipeline.config import SyncConfig
+from engine.pipeline.heap import trim_heap
 from engine.pipeline.source import SourceCursor, SourceItem
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,7 @@ class LipSyncCore:
                     continue
                 yield from self.sync_chunk(items, range(start, stop), audio.windows(start, stop), config,
                                            init_noise, generator, aligner, timer)
+                trim_heap()  # per-chunk temporaries would otherwise pile up in glibc's arenas
                 if on_chunk is not None:
                     on_chunk(start, stop)
         finally:

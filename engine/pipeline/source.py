@@ -70,6 +70,8 @@ class SourceCursor:
         j = self.position
         item = self._decode_next(j) if self.num_source is None else None
         if item is None:
+            if self._keep_from == float("inf"):  # a single forward pass: nothing was kept to revisit
+                raise StopIteration
             s = pingpong_index(j, self.num_source)
             frame = self._store.get(s)
             matrix = self._matrices[s]

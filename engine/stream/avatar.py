@@ -72,14 +72,13 @@ def prepare_avatar(sync, video, out_dir: str | Path, *, face=None, progress=None
     frames, _, estimate = sync._open_video(video)
     core = sync.core
     face_spec = face if face is not None else sync.face
-    source = _Peekable(frames)
-    cursor = SourceCursor(source, make_landmark_source(face_spec, core.resolution), core.new_aligner(),
+    cursor = SourceCursor(frames, make_landmark_source(face_spec, core.resolution), core.new_aligner(),
                           keep_frames=False)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         writer = _AvatarWriter(tmp, core)
-        while source.has_more():  # one forward pass: never ask the cursor for a revisit
-            writer.add(next(cursor))
+        for item in cursor:  # one forward pass (keep_frames=False ends it when the frames run out)
+            writer.add(item)
             if progress:
                 progress(writer.count, estimate or 0)
         writer.finish()
@@ -103,30 +102,6 @@ def prepare_avatar(sync, video, out_dir: str | Path, *, face=None, progress=None
     finally:
         cursor.close()
     return Avatar(out_dir)
-
-
-class _Peekable:
-    """An iterator that can tell whether another item follows without consuming it."""
-
-    _EMPTY = object()
-
-    def __init__(self, items) -> None:
-        self._items = iter(items)
-        self._next = self._EMPTY
-
-    def has_more(self) -> bool:
-        if self._next is self._EMPTY:
-            self._next = next(self._items, self._EMPTY)
-        return self._next is not self._EMPTY
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if not self.has_more():
-            raise StopIteration
-        item, self._next = self._next, self._EMPTY
-        return item
 
 
 def _describe(face_spec) -> str:

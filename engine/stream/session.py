@@ -16,7 +16,6 @@ output never stalls; the source position runs on through idle frames.
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import logging
 import queue
@@ -33,6 +32,7 @@ from engine.constants import FPS, HOP_LENGTH, MEL_WINDOW_FRAMES, SAMPLE_RATE, SA
 from engine.errors import EngineError, InvalidInputError, QueueFullError, expect
 from engine.pipeline.config import SyncConfig, resolve_config
 from engine.pipeline.core import StageTimer
+from engine.pipeline.heap import trim_heap
 from engine.stream.live_features import LiveFeatures, samples_needed
 from engine.stream.pcm import MIN_UTTERANCE_SAMPLES, PcmBuffer, to_float_pcm
 
@@ -49,24 +49,6 @@ POLL_S = 0.05  # how often blocked waits re-check for close()
 IDLE_MIN_WAIT_S = 0.005  # idle frame due but the consumer has not taken the last one yet
 
 
-_malloc_trim = None
-
-
-def trim_heap() -> None:
-    """Hand freed heap memory back to the OS (glibc only; elsewhere a no-op).
-
-    glibc keeps the freed blocks of a thread's varying-size tensors (the live whisper
-    encode grows with the segment) in that thread's arena: measured without this, a
-    live stream's RSS crept from 500 to 1070 MiB in 150 s; with it, it stays flat.
-    """
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
 
 
 @dataclass(frozen=True)
