@@ -48,16 +48,10 @@ class BenchContext:
 
 
 def decode_frames(path: Path, count: int) -> np.ndarray:
-    """First `count` frames as RGB uint8 [N,H,W,3], decoded with PyAV directly."""
-    import av
+    """First `count` frames as RGB uint8 [N,H,W,3] (engine.media: PyAV, no resampling at 25 fps)."""
+    from engine.media import iter_video_frames
 
-    frames = []
-    with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
-            frames.append(frame.to_ndarray(format="rgb24"))
-            if len(frames) == count:
-                break
-    return np.stack(frames)
+    return np.stack([f.rgb for f in iter_video_frames(path, max_frames=count)])
 
 
 def golden_landmarks(count: int) -> np.ndarray:

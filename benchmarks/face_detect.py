@@ -22,15 +22,9 @@ CROP_256 = (210, 280)
 
 
 def decode(path: Path, count: int) -> list[np.ndarray]:
-    import av
+    from engine.media import iter_video_frames
 
-    frames = []
-    with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
-            frames.append(frame.to_ndarray(format="rgb24"))
-            if len(frames) == count:
-                break
-    return frames
+    return [f.rgb for f in iter_video_frames(path, max_frames=count)]
 
 
 def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

@@ -37,7 +37,20 @@ def as_rgb_frame(frame, index: int) -> np.ndarray:
     return frame
 
 
-class SourceCursor:
+class Cursor:
+    """An endless iterator of SourceItems in output order; `take(n)` gets the next chunk's worth."""
+
+    def __iter__(self):
+        return self
+
+    def take(self, n: int) -> list[SourceItem]:
+        return [next(self) for _ in range(n)]
+
+    def close(self) -> None:
+        pass
+
+
+class SourceCursor(Cursor):
     """Yields source frames forever: 0..T-1, T-1..0, 0..T-1, ... (official `loop_video`).
 
     Faces are found and aligned once per source frame, in the original order, so
@@ -83,12 +96,6 @@ class SourceCursor:
             item = SourceItem(s, frame, matrix, face)
         self.position += 1
         return item
-
-    def __iter__(self):
-        return self
-
-    def take(self, n: int) -> list[SourceItem]:
-        return [next(self) for _ in range(n)]
 
     def _decode_next(self, j: int) -> SourceItem | None:
         with self._timer.measure("decode"):

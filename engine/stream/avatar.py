@@ -26,7 +26,7 @@ import torch
 
 from engine.errors import InvalidInputError, NoFaceError, expect
 from engine.pipeline.frames import pingpong_index
-from engine.pipeline.source import SourceItem
+from engine.pipeline.source import Cursor, SourceItem
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -232,7 +232,7 @@ class Avatar:
                           posterior=((p[0], p[1]), (p[2], p[3])))
 
 
-class AvatarCursor:
+class AvatarCursor(Cursor):
     """The avatar's frames in the official ping-pong order, forever."""
 
     def __init__(self, avatar: Avatar) -> None:
@@ -244,12 +244,3 @@ class AvatarCursor:
         item = self.avatar.item(pingpong_index(self.position, self.num_source))
         self.position += 1
         return item
-
-    def __iter__(self):
-        return self
-
-    def take(self, n: int) -> list[SourceItem]:
-        return [next(self) for _ in range(n)]
-
-    def close(self) -> None:
-        pass
