@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 SECONDS = 0.6  # 15 source frames; 0.6 s of speech -> L = 17 output frames (chunks of 16 + 1, ping-pong at the end)
 FAST = dict(steps=1, guidance=1.0, deepcache=0, seed=7)  # CFG and DeepCache are covered by the golden e2e test

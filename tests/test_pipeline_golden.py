@@ -57,7 +57,6 @@ def test_e2e_demo1_matches_official(e2e, variant, steps, guidance, deepcache):
         models, inputs, frames, src = e2e
         config = SyncConfig(steps=steps, guidance_scale=guidance, deepcache_interval=deepcache, seed=42)
         plan, out = _run(models, inputs, frames, config)
-        expected = load_file(src / f"{variant}.safetensors")
         expected_frames = np.load(src / f"{variant}_frames.npz")["frames_out"]
         main = load_file(src / "expected.safetensors")
         assert plan.num_frames == 34 == len(out)

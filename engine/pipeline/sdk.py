@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from engine.constants import FPS, SAMPLE_RATE
 from engine.errors import InvalidInputError, NoFaceError
