@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.errors import InvalidInputError, expect
+from engine.models.unet_attention import FeedForward  # same GEGLU FF and keys (net.0.proj, net.2)
 
 GN_GROUPS = 32
 GN_EPS = 1e-6
 LN_EPS = 1e-5
 ATTN_HEADS = 8
-FF_MULT = 4  # GEGLU inner width = 4C
 FACE_SIZE = 256  # aligned face side (px)
 WINDOW_FRAMES = 16
 SYNC_THRESHOLD = 0.5  # a window counts as in sync above this cosine
@@ -93,27 +93,6 @@ class Attention(nn.Module):
         return self.to_out[1](self.to_out[0](out.transpose(1, 2).reshape(b, n, c)))
 
 
-class GEGLU(nn.Module):
-    def __init__(self, dim: int, inner: int):
-        super().__init__()
-        self.proj = nn.Linear(dim, inner * 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden, gate = self.proj(x).chunk(2, dim=-1)
-        return hidden * F.gelu(gate)
-
-
-class FeedForward(nn.Module):
-    def __init__(self, dim: int, dropout: float = 0.0):
-        super().__init__()
-        self.net = nn.ModuleList([GEGLU(dim, dim * FF_MULT), nn.Dropout(dropout), nn.Linear(dim * FF_MULT, dim)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.net:
-            x = layer(x)
-        return x
-
-
 class AttentionBlock2D(nn.Module):
     """GN -> 1x1 conv -> tokens -> (LN, attention, +) -> (LN, GEGLU FF, +) -> 1x1 conv, + outer residual."""
 
@@ -124,7 +103,7 @@ class AttentionBlock2D(nn.Module):
         self.norm2 = nn.LayerNorm(channels, eps=LN_EPS)
         self.attn = Attention(channels)
         self.norm3 = nn.LayerNorm(channels, eps=LN_EPS)
-        self.ff = FeedForward(channels, dropout)
+        self.ff = FeedForward(channels)  # inference only: dropout is the identity
         self.conv_out = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B,C,H,W]
