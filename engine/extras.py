@@ -1,0 +1,69 @@
+"""Optional extras: which pip extra provides which module, checked before a command needs it.
+
+A command that needs an optional runtime calls `require("serve")` first, so a missing
+package ends in one plain message naming the extra to install (exit 7), never in a
+`ModuleNotFoundError` traceback after work has started.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+from engine.errors import BackendUnavailableError
+
+
+@dataclass(frozen=True)
+class Extra:
+    """One `pip install -e ".[name]"` extra and the import names that show it is present."""
+
+    name: str
+    modules: tuple[str, ...]
+    purpose: str
+
+
+EXTRAS: dict[str, Extra] = {
+    extra.name: extra
+    for extra in (
+        Extra("cpu", ("onnxruntime",), "ONNX Runtime on the CPU (backend onnxruntime, InsightFace faces)"),
+        Extra("gpu", ("onnxruntime",), "ONNX Runtime with CUDA (backend onnxruntime on a GPU)"),
+        Extra("trt", ("tensorrt",), "TensorRT engines (engine build, backend tensorrt)"),
+        Extra("face", ("ai_edge_litert",), "the offline mediapipe face models"),
+        Extra("serve", ("websockets",), "the WebSocket streaming server (engine serve)"),
+        Extra("plot", ("matplotlib",), "PNG plots (engine bench, engine eval --sweep, benchmarks)"),
+        Extra("ray", ("ray",), "batch and serving on a Ray cluster (engine batch --ray, engine serve --ray)"),
+    )
+}
+
+
+class MissingExtraError(BackendUnavailableError):
+    """An optional package that a command needs is not installed (exit 7, like any unavailable backend)."""
+
+
+def missing_modules(name: str) -> list[str]:
+    """Import names of extra `name` that cannot be found (without importing them)."""
+    extra = EXTRAS[name]
+    return [module for module in extra.modules if importlib.util.find_spec(module) is None]
+
+
+def is_present(name: str) -> bool:
+    return not missing_modules(name)
+
+
+def require(name: str, *, what: str | None = None) -> None:
+    """Raise MissingExtraError naming the extra to install unless every module of extra `name` is importable."""
+    missing = missing_modules(name)
+    if missing:
+        extra = EXTRAS[name]
+        raise MissingExtraError(
+            f"{what or extra.purpose}: expected the [{name}] extra, found {', '.join(missing)} not installed; "
+            f'install it with: pip install -e ".[{name}]"'
+        )
+
+
+def status() -> dict[str, dict]:
+    """{extra: {"present": bool, "missing": [...], "purpose": str}} for `engine doctor`."""
+    return {
+        name: {"present": not (missing := missing_modules(name)), "missing": missing, "purpose": extra.purpose}
+        for name, extra in EXTRAS.items()
+    }
