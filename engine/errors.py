@@ -37,6 +37,10 @@ class CheckpointError(EngineError):
     exit_code = 5
 
 
+class DownloadError(CheckpointError):
+    """A model file is not cached and cannot be fetched (offline mode, host unreachable, download failed)."""
+
+
 class IncompatibleEngineError(EngineError):
     """A built engine (TensorRT plan, ONNX file) does not match what is needed."""
 
