@@ -25,6 +25,10 @@ class MediaDecodeError(EngineError):
     exit_code = 3
 
 
+class DecodeTimeoutError(MediaDecodeError):
+    """A decoder or its input stalled: no frame within the configured time (MediaLimits.stall_timeout_s)."""
+
+
 class NoFaceError(EngineError):
     """No usable face where one was required."""
 

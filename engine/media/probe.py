@@ -45,12 +45,15 @@ class MediaLimits:
     max_channels: int = 16
     max_file_bytes: int = 64 * 2**30
     strict_decode: bool = True  # decoders raise on bitstream errors (err_detect=explode) instead of concealing
+    stall_timeout_s: float | None = 60.0  # s without a decoded frame before the job fails (R2); None: no watchdog
 
     def __post_init__(self) -> None:
         for name in ("min_width", "min_height", "max_width", "max_height", "max_pixels", "max_duration_s", "max_fps",
                      "min_sample_rate", "max_sample_rate", "max_channels", "max_file_bytes"):
             value = getattr(self, name)
             expect(value > 0, InvalidInputError, f"MediaLimits.{name}", "> 0", value)
+        expect(self.stall_timeout_s is None or self.stall_timeout_s > 0, InvalidInputError,
+               "MediaLimits.stall_timeout_s", "None or > 0", self.stall_timeout_s)
         expect(self.min_sample_rate <= self.max_sample_rate, InvalidInputError, "MediaLimits sample-rate range",
                "min_sample_rate <= max_sample_rate", (self.min_sample_rate, self.max_sample_rate))
 
