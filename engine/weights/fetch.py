@@ -161,7 +161,7 @@ def hub_file(repo: str, filename: str, *, revision: str | None = None, offline: 
     one, else a DownloadError at once that says what to do instead (a local folder, tiny-random).
     """
     import huggingface_hub.utils.logging  # noqa: F401 - installs the library handler before we remove it
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError)
 
@@ -171,11 +171,13 @@ def hub_file(repo: str, filename: str, *, revision: str | None = None, offline: 
     cache = cache_dir or "the default Hugging Face cache"
 
     def cached_only(why: str) -> Path:
-        try:
-            return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir, local_files_only=True))
-        except LocalEntryNotFoundError as exc:
-            raise DownloadError(f"{where}: expected it in {cache} because {why}, found nothing; {NO_HUB_ADVICE}, "
-                                "or download it once online") from exc
+        # try_to_load_from_cache reads the cache folders only; hf_hub_download(local_files_only=True) would
+        # still build request headers, which fetches the hub's agent registry (a network access).
+        found = try_to_load_from_cache(repo, filename, cache_dir=cache_dir, revision=revision)
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+        raise DownloadError(f"{where}: expected it in {cache} because {why}, found nothing; {NO_HUB_ADVICE}, "
+                            "or download it once online")
 
     if off:
         return cached_only(offline_reason(offline))
