@@ -208,6 +208,10 @@ def info_from_container(container: av.container.InputContainer, path: str | os.P
     duration = (container.duration or 0) / av.time_base
     videos = [s for s in container.streams.video if not _is_attached_picture(s)]
     audios = list(container.streams.audio)
+    for s in videos[:1] + audios[:1]:
+        if s.codec_context is None:  # FFmpeg found no decoder for what the header says (corrupt or unsupported)
+            raise MediaDecodeError(f"{path}: {describe_stream(s.index, s.type, 'unknown codec')}: expected a codec "
+                                   "FFmpeg can decode, found none (corrupt header or unsupported codec)")
     return MediaInfo(
         path=str(path), format=container.format.name, size_bytes=Path(path).stat().st_size, duration_s=duration,
         streams=tuple(s.type for s in container.streams),
@@ -263,7 +267,8 @@ def _check_max(what: str, value: float, limit: float, unit: str, field: str) -> 
 
 def stream_name(stream) -> str:
     """The name of an open PyAV stream in error messages."""
-    return describe_stream(stream.index, stream.type, stream.codec_context.name)
+    cc = stream.codec_context
+    return describe_stream(stream.index, stream.type, cc.name if cc is not None else "no decoder")
 
 
 def configure_decoder(stream, limits: MediaLimits) -> None:
