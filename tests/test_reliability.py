@@ -273,6 +273,13 @@ def test_tiny_frames_rejected_from_metadata(tmp_path, job, no_models, capsys, si
     assert code == 2 and seconds < PREFLIGHT_S and "px" in err
 
 
+def test_minimum_frame_is_the_detectors_minimum_face():
+    from engine.face.detection.base import FaceThresholds
+    from engine.media.preflight import min_frame_size
+
+    assert min_frame_size() == (FaceThresholds().min_width, FaceThresholds().min_height)
+
+
 def test_convert_honours_the_umask(tmp_path):
     from engine.weights.convert import convert_model
     from engine.weights.tiny import write_tiny_random
