@@ -235,7 +235,7 @@ class Avatar:
 class AvatarCursor(Cursor):
     """The avatar's frames in the official ping-pong order, forever."""
 
-    def __init__(self, avatar: Avatar) -> None:
+    def __init__(self, avatar: Avatar, aligner=None) -> None:
         self.avatar = avatar
         self.num_source = len(avatar)
         self.position = 0
