@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -141,8 +142,7 @@ def test_avatar_session_matches_offline_skips_vae_encode_and_loops(sync, inputs,
     assert session.stats["stage_seconds"].get("vae_encode", 0.0) < 0.05 * session.stats["stage_seconds"]["unet"]
     assert len(got) == len(offline) > 2 * SOURCE_FRAMES
     assert [f.source_index for f in got] == [pingpong_index(j, SOURCE_FRAMES) for j in range(len(got))]
-    diff = np.abs(np.stack([f.rgb for f in got]).astype(np.int16) - offline)
-    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # measured: identical on CPU fp32
+    assert np.array_equal(np.stack([f.rgb for f in got]), offline)  # lossless frames, stored posteriors: exact
 
 
 def test_avatar_for_another_model_or_damaged_is_refused(sync, avatar, tmp_path):
@@ -164,15 +164,61 @@ def test_avatar_for_another_model_or_damaged_is_refused(sync, avatar, tmp_path):
     shutil.copytree(avatar.path, damaged)
     manifest = json.loads((damaged / "manifest.json").read_text())
     (damaged / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
-    with pytest.raises(InvalidInputError, match="format version: expected 1, found 99"):
+    with pytest.raises(InvalidInputError, match="format version: expected 2, found 99"):
         Avatar(damaged)
     (damaged / "manifest.json").write_text(json.dumps(manifest))
-    with open(damaged / "posterior.raw", "r+b") as f:
-        f.truncate(os.path.getsize(damaged / "posterior.raw") - 4)
-    with pytest.raises(InvalidInputError, match="posterior.raw: expected"):
+    for name in ("posterior.bin", "frames.mkv"):
+        shutil.copy(avatar.path / name, damaged / name)
+        with open(damaged / name, "r+b") as f:
+            f.truncate(os.path.getsize(damaged / name) - 4)
+        with pytest.raises(InvalidInputError, match=f"{name}: expected {os.path.getsize(avatar.path / name)} bytes"):
+            Avatar(damaged)
+        shutil.copy(avatar.path / name, damaged / name)
+    np.save(damaged / "matrices.npy", np.zeros((3, 2, 3)))
+    with pytest.raises(InvalidInputError, match=r"matrices.npy: expected float32 \[10, 2, 3\], found float64 \[3, 2, 3\]"):
         Avatar(damaged)
     with pytest.raises(InvalidInputError, match="manifest.json"):
         Avatar(tmp_path / "missing")
+
+
+def test_avatar_of_the_old_raw_format_gets_a_clear_error(tmp_path):
+    """Format 1 (raw frames.raw / faces.raw / posterior.raw) is refused with what to do, not a crash."""
+    from engine.stream import Avatar
+
+    old = tmp_path / "old"
+    old.mkdir()
+    t, r, h = 2, 256, 32
+    (old / "manifest.json").write_text(json.dumps({
+        "model": "tiny-random", "resolution": r, "face_source": "auto", "num_frames": t, "height": 8, "width": 8,
+        "latent_size": h, "vae_fingerprint": "0123456789abcdef", "dtype": "float32", "format_version": 1,
+        "engine_version": "0.1.0", "created_unix": 0.0}))
+    (old / "frames.raw").write_bytes(bytes(t * 8 * 8 * 3))
+    (old / "faces.raw").write_bytes(bytes(t * r * r * 3))
+    (old / "posterior.raw").write_bytes(bytes(t * 4 * 4 * h * h * 4))
+    np.save(old / "matrices.npy", np.zeros((t, 2, 3), np.float32))
+    with pytest.raises(InvalidInputError, match=r"format version: expected 2, found 1 \(an avatar from an older "
+                                                r"engine; prepare it again with `engine avatar prepare`\)"):
+        Avatar(old)
+
+
+def test_avatar_frames_changed_on_disk_fail_typed_not_silently(sync, inputs, avatar, tmp_path):
+    """Same size, different bytes inside one stored frame: the session fails with MediaDecodeError."""
+    from engine.errors import MediaDecodeError
+    from engine.stream import Avatar
+
+    damaged = tmp_path / "flipped"
+    shutil.copytree(avatar.path, damaged)
+    data = bytearray((damaged / "frames.mkv").read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    (damaged / "frames.mkv").write_bytes(bytes(data))
+    session = _session(sync, Avatar(damaged), mode="utterance")
+    session.push_audio(inputs[2])
+    session.end_of_speech()
+    session.finish()
+    with pytest.raises(MediaDecodeError, match="frames.mkv: expected frame .* as prepared"):
+        list(session.frames(timeout=300))
+    session.close()
 
 
 def test_full_speech_queue_is_refused_at_once(sync, inputs):
@@ -298,7 +344,9 @@ def test_long_live_stream_keeps_memory_flat(sync):
     assert max(settled) - min(settled) < 40 << 20, [r >> 20 for r in rss]
 
 
-def test_cli_avatar_prepare_writes_a_loadable_avatar(golden, tmp_path, capsys):
+def test_cli_avatar_prepare_writes_a_loadable_avatar(golden, tmp_path, capsys, monkeypatch):
+    import sys
+
     from engine.cli import main
     from engine.media import VideoWriter
     from engine.stream import Avatar
@@ -311,11 +359,16 @@ def test_cli_avatar_prepare_writes_a_loadable_avatar(golden, tmp_path, capsys):
     track = tmp_path / "track.json"
     track.write_text(json.dumps({"landmarks3": landmarks.tolist()}))
     out = tmp_path / "avatar"
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # the bar is drawn on terminals only
     assert main(["avatar", "prepare", "--video", str(video), "--out", str(out), "--model", "tiny-random",
                  "--device", "cpu", "--face", str(track)]) == 0
-    assert "6 frames 320x320" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "6 frames 320x320" in captured.out and f"face source trackfile:{track}" in captured.out
+    assert "avatar: 100%" in captured.err and "6/6 [" in captured.err  # the progress bar, finished
     avatar = Avatar(out)
-    assert avatar.manifest.model == "tiny-random" and avatar.manifest.face_source == str(track)
+    assert avatar.manifest.model == "tiny-random" and avatar.manifest.face_source == f"trackfile:{track}"
+    assert avatar.manifest.face_source_requested == str(track)
+    assert avatar.manifest.source["sha256"] == hashlib.sha256(video.read_bytes()).hexdigest()
     assert len(avatar) == 6 and np.isfinite(avatar.posterior).all()
     assert main(["avatar", "prepare", "--video", str(video), "--out", str(out), "--model", "tiny-random",
                  "--device", "cpu", "--face", str(track)]) == 2  # refuses to overwrite: InvalidInputError

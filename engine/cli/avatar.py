@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+
+PREPARE_DESCRIPTION = """\
+Decode a face video, find and align the face in every frame, and VAE-encode the faces once, so that
+streaming sessions (`engine serve --avatar NAME=DIR`, `StreamSession(sync, Avatar(DIR))`) skip face
+detection and both VAE encodes per frame. The avatar directory holds the frames losslessly encoded
+(decoded frames equal the source's), the alignment matrices and the VAE posteriors; it is only valid
+for the model's resolution and VAE, and is written atomically (nothing appears on failure).
+"""
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -26,10 +37,12 @@ def load_sync(args: argparse.Namespace, **kw):
 def register(subparsers) -> None:
     p = subparsers.add_parser("avatar", help="prepare avatars for streaming", description=__doc__)
     actions = p.add_subparsers(dest="avatar_command", metavar="ACTION", required=True)
-    prep = actions.add_parser("prepare", help="decode, align and VAE-encode every frame of a face video")
+    prep = actions.add_parser("prepare", help="decode, align and VAE-encode every frame of a face video",
+                              description=PREPARE_DESCRIPTION)
     prep.add_argument("--video", required=True, help="face video (any PyAV-readable container; resampled to 25 fps)")
     prep.add_argument("--out", required=True, help="new (or empty) avatar directory; written atomically")
     add_model_options(prep)
+    prep.add_argument("--no-progress", action="store_true", help="no progress bar")
     prep.set_defaults(func=_prepare)
 
 
@@ -41,8 +54,31 @@ def _prepare(args: argparse.Namespace) -> int:
     probe(args.video, require_video=True)  # cheap, typed errors before any model loads
     check_new_avatar_dir(args.out)
     sync = load_sync(args)
-    avatar = prepare_avatar(sync, args.video, args.out)
+    with frame_progress("avatar", enabled=not args.no_progress) as progress:
+        avatar = prepare_avatar(sync, args.video, args.out, progress=progress)
     m = avatar.manifest
     print(f"avatar {avatar.path}: {m.num_frames} frames {m.width}x{m.height}, model {m.model} at {m.resolution} px, "
           f"face source {m.face_source}")
     return 0
+
+
+@contextlib.contextmanager
+def frame_progress(desc: str, *, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A `progress(done, total)` callback drawing a tqdm bar on stderr, with log lines printed above the bar.
+
+    Only on a terminal (and unless disabled); otherwise the callback does nothing.
+    """
+    if not (enabled and sys.stderr.isatty()):
+        yield lambda done, total: None
+        return
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    def update(done: int, total: int) -> None:
+        if total and bar.total != total:
+            bar.total = total
+            bar.refresh()
+        bar.update(done - bar.n)
+
+    with logging_redirect_tqdm(), tqdm(total=0, unit="frame", desc=desc, file=sys.stderr, dynamic_ncols=True) as bar:
+        yield update
