@@ -167,7 +167,7 @@ def test_avatar_for_another_model_or_damaged_is_refused(sync, avatar, tmp_path):
     with pytest.raises(InvalidInputError, match="format version: expected 2, found 99"):
         Avatar(damaged)
     (damaged / "manifest.json").write_text(json.dumps(manifest))
-    for name in ("posterior.bin", "frames.mkv"):
+    for name in ("posterior.bin", "frames.mkv", "faces.mkv"):
         shutil.copy(avatar.path / name, damaged / name)
         with open(damaged / name, "r+b") as f:
             f.truncate(os.path.getsize(damaged / name) - 4)

@@ -4,12 +4,15 @@ Layout of an avatar directory (format 2; written to a temporary sibling and rena
   manifest.json   model, resolution, face source used, frame count and size, VAE fingerprint, dtype,
                   the source file's sha256 (provenance), format version
   frames.mkv      the frames, lossless H.264 RGB (see `avatar_frames`): decoded frames equal the source's
+  faces.mkv       the aligned faces [R,R,3] (gray where no face), stored the same way
   posterior.bin   [T,4,4,h,w] in the VAE dtype (masked mean, masked std, reference mean, reference std),
                   unscaled; NaN where no face
   matrices.npy    float32 [T,2,3] frame -> crop affine (NaN where no face)
-  frames_crc32.npy  uint32 [T] CRC-32 of each stored frame's compressed bytes (checked before decoding)
-What is cheap to recompute is not stored: the aligned faces are re-warped from the
-frame and its matrix (the same call the offline path makes for revisited frames).
+  frames_crc32.npy, faces_crc32.npy  uint32 [T] CRC-32 of each stored frame's compressed bytes (checked
+                  before decoding)
+The faces could be re-warped from frame and matrix, but that warp reads the whole
+frame (about 0.2 s per 1080p frame on a loaded 2-core CPU) while decoding the stored
+lossless face is a few ms, and a real-time session needs one per frame.
 Sampling from the stored posterior (mean + std·ε, ε from the session's generator in
 the official order) keeps the run faithful without re-encoding any frame.
 """
@@ -35,9 +38,11 @@ from engine.stream.avatar_frames import CODEC, GOP, LosslessFrameReader, Lossles
 
 MANIFEST = "manifest.json"
 FRAMES = "frames.mkv"
+FACES = "faces.mkv"
 POSTERIOR = "posterior.bin"
 MATRICES = "matrices.npy"
-CHECKSUMS = "frames_crc32.npy"
+CHECKSUMS = {FRAMES: "frames_crc32.npy", FACES: "faces_crc32.npy"}
+NO_FACE_FILL = 127  # what is stored as the face of a frame without one (never read)
 FORMAT_VERSION = 2
 ENCODE_BATCH = 16
 # posterior storage: the VAE's own dtype, so nothing is rounded (bfloat16 kept as its 16 raw bits in int16)
@@ -62,6 +67,7 @@ class AvatarManifest:
     face_source_requested: str = ""  # what was asked for ("auto", ...)
     frames_codec: str = f"{CODEC} qp 0 (lossless), key frame every {GOP}"
     frames_bytes: int = 0
+    faces_bytes: int = 0
     source: dict = field(default_factory=dict)  # {"path", "bytes", "sha256"} of a source file, else {}
 
 
@@ -112,7 +118,8 @@ def prepare_avatar(sync, video, out_dir: str | Path, *, face=None, progress=None
             num_frames=writer.count, height=writer.size[0], width=writer.size[1], latent_size=core.latent_size,
             vae_fingerprint=vae_fingerprint(core.vae), dtype=writer.dtype,
             engine_version=engine.__version__, created_unix=time.time(),
-            frames_bytes=(tmp / FRAMES).stat().st_size, source=_source_record(video),
+            frames_bytes=(tmp / FRAMES).stat().st_size, faces_bytes=(tmp / FACES).stat().st_size,
+            source=_source_record(video),
         )
         (tmp / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
         if out_dir.exists():
@@ -174,11 +181,12 @@ def _posterior_bits(t: torch.Tensor) -> np.ndarray:
 
 
 class _AvatarWriter:
-    """Appends frames (lossless), matrices and posteriors (VAE-encoded in batches of 16) to their files."""
+    """Appends frames and faces (lossless), matrices and posteriors (VAE-encoded in batches of 16) to their files."""
 
     def __init__(self, root: Path, core) -> None:
         self.root, self.core = root, core
         self.frames = LosslessFrameWriter(root / FRAMES)
+        self.face_crops = LosslessFrameWriter(root / FACES)
         self.posterior = open(root / POSTERIOR, "wb")
         self.matrices: list[np.ndarray] = []
         self.pending: list[SourceItem] = []
@@ -194,6 +202,8 @@ class _AvatarWriter:
             raise InvalidInputError(f"avatar frame {item.source_index}: expected size {self.size}, found "
                                     f"{item.frame.shape[:2]}")
         self.frames.write(item.frame)
+        r = self.core.resolution
+        self.face_crops.write(item.face if item.has_face else np.full((r, r, 3), NO_FACE_FILL, np.uint8))
         self.matrices.append(item.matrix if item.has_face else np.full((2, 3), np.nan, np.float32))
         self.count += 1
         self.pending.append(item)
@@ -230,8 +240,10 @@ class _AvatarWriter:
             self._flush()
         self.dtype = self.dtype or "float32"
         self.frames.close()
+        self.face_crops.close()
         if self.count:
-            np.save(self.root / CHECKSUMS, packet_checksums(self.root / FRAMES, self.count))
+            for name, checksums in CHECKSUMS.items():
+                np.save(self.root / checksums, packet_checksums(self.root / name, self.count))
         matrices = np.stack(self.matrices).astype(np.float32) if self.matrices else np.zeros((0, 2, 3), np.float32)
         np.save(self.root / MATRICES, matrices)
 
@@ -239,6 +251,7 @@ class _AvatarWriter:
         """Close the files (also after a failure; the temporary directory is then removed)."""
         try:
             self.frames.close()
+            self.face_crops.close()
         finally:
             self.posterior.close()
 
@@ -257,10 +270,10 @@ class Avatar:
         self._posterior_dtype = POSTERIOR_DTYPES[m.dtype][1]
         self.posterior = self._raw(POSTERIOR, POSTERIOR_DTYPES[m.dtype][0], (t, 4, 4, hl, hl))
         self.matrices = self._array(MATRICES, np.float32, (t, 2, 3))
-        self.checksums = self._array(CHECKSUMS, np.uint32, (t,))
-        frames = self.path / FRAMES
-        found = frames.stat().st_size if frames.is_file() else None
-        expect(found == m.frames_bytes, InvalidInputError, f"avatar {FRAMES}", f"{m.frames_bytes} bytes", found)
+        self.checksums = {name: self._array(file, np.uint32, (t,)) for name, file in CHECKSUMS.items()}
+        for name, size in ((FRAMES, m.frames_bytes), (FACES, m.faces_bytes)):
+            found = (self.path / name).stat().st_size if (self.path / name).is_file() else None
+            expect(found == size, InvalidInputError, f"avatar {name}", f"{size} bytes", found)
 
     def _raw(self, name: str, dtype, shape: tuple[int, ...]) -> np.ndarray:
         path = self.path / name
@@ -292,10 +305,12 @@ class Avatar:
     def __len__(self) -> int:
         return self.manifest.num_frames
 
-    def open_frames(self) -> LosslessFrameReader:
-        """A reader of the avatar's frames (one per session: it holds a decoder)."""
+    def open_frames(self) -> tuple[LosslessFrameReader, LosslessFrameReader]:
+        """Readers of the avatar's (frames, faces); one pair per session: each holds a decoder."""
         m = self.manifest
-        return LosslessFrameReader(self.path / FRAMES, m.num_frames, (m.height, m.width), self.checksums)
+        r = m.resolution
+        return (LosslessFrameReader(self.path / FRAMES, m.num_frames, (m.height, m.width), self.checksums[FRAMES]),
+                LosslessFrameReader(self.path / FACES, m.num_frames, (r, r), self.checksums[FACES]))
 
     def posterior_of(self, s: int) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """((masked mean, std), (reference mean, std)) of frame s, each [4,h,w] in the VAE dtype."""
@@ -327,14 +342,13 @@ def _read_manifest(path: Path) -> AvatarManifest:
 
 
 class AvatarCursor(Cursor):
-    """The avatar's frames in the official ping-pong order, forever; faces re-warped with `aligner`."""
+    """The avatar's frames in the official ping-pong order, forever."""
 
-    def __init__(self, avatar: Avatar, aligner) -> None:
+    def __init__(self, avatar: Avatar) -> None:
         self.avatar = avatar
-        self.aligner = aligner
         self.num_source = len(avatar)
         self.position = 0
-        self._frames = avatar.open_frames()
+        self._frames, self._faces = avatar.open_frames()
 
     def __next__(self) -> SourceItem:
         s = pingpong_index(self.position, self.num_source)
@@ -343,9 +357,8 @@ class AvatarCursor(Cursor):
         matrix = self.avatar.matrices[s]
         if np.isnan(matrix).any():
             return SourceItem(s, frame, None)
-        crop = self.aligner.align_batch(torch.from_numpy(np.ascontiguousarray(frame))[None], matrix[None])[0]
-        face = self.aligner.resize_to_model(crop.cpu().numpy())
-        return SourceItem(s, frame, matrix.copy(), face, posterior=self.avatar.posterior_of(s))
+        return SourceItem(s, frame, matrix.copy(), self._faces.get(s), posterior=self.avatar.posterior_of(s))
 
     def close(self) -> None:
         self._frames.close()
+        self._faces.close()

@@ -20,7 +20,7 @@ def open_source(sync, source, *, face, aligner, timer) -> Cursor:
 
     if isinstance(source, Avatar):
         source.check_compatible(sync.core, getattr(sync.models, "name", "?"))
-        return AvatarCursor(source, aligner)
+        return AvatarCursor(source)
     from engine.pipeline.faces import make_landmark_source
     from engine.pipeline.source import SourceCursor
 
