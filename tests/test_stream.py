@@ -14,7 +14,7 @@ import pytest
 
 from engine.constants import SAMPLE_RATE, SAMPLES_PER_FRAME
 from engine.errors import InvalidInputError, QueueFullError
-from stream_helpers import SOURCE_FRAMES, demo1_inputs, fast_settings, micro_sync
+from stream_helpers import SOURCE_FRAMES, demo1_inputs, fast_settings, micro_sync, write_format1_avatar
 
 SPEECH_SAMPLES = 14_400  # 0.9 s of demo1 speech -> 45 feature rows -> 24 frames (two chunks of 16, ping-pong)
 
@@ -185,17 +185,7 @@ def test_avatar_of_the_old_raw_format_gets_a_clear_error(tmp_path):
     """Format 1 (raw frames.raw / faces.raw / posterior.raw) is refused with what to do, not a crash."""
     from engine.stream import Avatar
 
-    old = tmp_path / "old"
-    old.mkdir()
-    t, r, h = 2, 256, 32
-    (old / "manifest.json").write_text(json.dumps({
-        "model": "tiny-random", "resolution": r, "face_source": "auto", "num_frames": t, "height": 8, "width": 8,
-        "latent_size": h, "vae_fingerprint": "0123456789abcdef", "dtype": "float32", "format_version": 1,
-        "engine_version": "0.1.0", "created_unix": 0.0}))
-    (old / "frames.raw").write_bytes(bytes(t * 8 * 8 * 3))
-    (old / "faces.raw").write_bytes(bytes(t * r * r * 3))
-    (old / "posterior.raw").write_bytes(bytes(t * 4 * 4 * h * h * 4))
-    np.save(old / "matrices.npy", np.zeros((t, 2, 3), np.float32))
+    old = write_format1_avatar(tmp_path / "old")
     with pytest.raises(InvalidInputError, match=r"format version: expected 2, found 1 \(an avatar from an older "
                                                 r"engine; prepare it again with `engine avatar prepare`\)"):
         Avatar(old)
@@ -372,3 +362,38 @@ def test_cli_avatar_prepare_writes_a_loadable_avatar(golden, tmp_path, capsys, m
     assert len(avatar) == 6 and np.isfinite(avatar.posterior).all()
     assert main(["avatar", "prepare", "--video", str(video), "--out", str(out), "--model", "tiny-random",
                  "--device", "cpu", "--face", str(track)]) == 2  # refuses to overwrite: InvalidInputError
+
+
+def test_output_timeline_gives_each_chunk_its_real_time_deadline():
+    """`next_due` (a chunk's deadline) runs 1/25 s per emitted frame ahead, and restarts from now after a stall."""
+    from engine.stream.output import FrameOutput
+
+    got = []
+    output = FrameOutput(4, got.append, lambda: False)
+    frame = np.zeros((2, 2, 3), np.uint8)
+    t0 = output.next_due
+    for _ in range(10):  # a burst: a chunk's frames come out at once
+        output.emit(frame, "speech", 0, len(got), True, 0)
+    assert output.next_due == pytest.approx(t0 + 10 / 25, abs=0.02)  # the consumer shows them at 25 fps
+    assert [f.index for f in got] == list(range(10)) and not output.idle_due()
+    output.next_due = time.time() - 5  # rendering fell far behind the wall clock
+    output.emit(frame, "idle", None, None, False, 0)
+    assert output.next_due == pytest.approx(time.time(), abs=0.05)  # the timeline restarts from now
+    assert output.idle_wait(realtime=False) == 0.5 and 0.005 <= output.idle_wait(realtime=True) <= 0.5
+
+
+def test_realtime_sessions_count_chunks_that_miss_their_deadline(sync, inputs):
+    frames, landmarks, speech = inputs
+    with _session(sync, frames, landmarks, mode="utterance") as session:  # not real time: no deadlines
+        _run_utterance(session, speech)
+    assert session.stats["late_chunks"] == 0 and session.stats["chunks"] == 2
+    session = _session(sync, frames, landmarks, mode="utterance", realtime=True)
+    session.push_audio(speech, end_of_speech=True)
+    speech_frames = 0
+    while speech_frames < 24:  # idle frames flow around the utterance's frames
+        frame = session.next_frame(timeout=300)
+        assert frame is not None
+        speech_frames += frame.kind == "speech"
+    session.close()
+    # idle frames were due every 40 ms while the first chunk was computed (seconds on this CPU): it was late
+    assert 1 <= session.stats["late_chunks"] <= session.stats["chunks"] == 2

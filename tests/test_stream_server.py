@@ -17,7 +17,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from stream_helpers import demo1_inputs, fast_settings, micro_sync
+from stream_helpers import demo1_inputs, fast_settings, micro_sync, write_format1_avatar
 
 SPEECH_SAMPLES = 9_600  # 0.6 s -> 30 feature rows -> 17 frames
 
@@ -96,6 +96,16 @@ def _connect(port: int):
     return connect(f"ws://127.0.0.1:{port}/stream", open_timeout=30)
 
 
+async def _refusal(port: int):
+    """Connect and wait for the server to close the connection; its close frame."""
+    from websockets.exceptions import ConnectionClosed
+
+    async with _connect(port) as ws:
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.recv()
+    return info.value.rcvd
+
+
 async def _start(ws, **options) -> dict:
     await ws.send(json.dumps({"type": "start", "source": "demo1", "realtime": False, **options}))
     reply = json.loads(await asyncio.wait_for(ws.recv(), 60))
@@ -104,19 +114,10 @@ async def _start(ws, **options) -> dict:
 
 
 def test_liveness_at_once_readiness_after_load_and_warm_up(running):
-    from websockets.exceptions import ConnectionClosed
-
     assert running.http("/live") == (200, "live\n")
     status, body = running.http("/ready")
     assert status == 503 and "loading models" in body
-
-    async def refused_while_loading():
-        async with _connect(running.port) as ws:
-            with pytest.raises(ConnectionClosed) as info:
-                await ws.recv()
-        return info.value.rcvd
-
-    rcvd = asyncio.run(refused_while_loading())
+    rcvd = asyncio.run(_refusal(running.port))
     assert rcvd.code == 1013 and "not ready: loading models" in rcvd.reason
     running.gate.set()
     running.wait_ready()
@@ -250,8 +251,6 @@ def _health_only_server(load):
 
 def test_ready_reports_an_engine_still_building_then_a_corrupt_engine(caplog):
     """R24: live at once; ready says what is being built while load runs, and why it failed after."""
-    from websockets.exceptions import ConnectionClosed
-
     from engine.errors import IncompatibleEngineError
 
     building, release = threading.Event(), threading.Event()
@@ -270,14 +269,7 @@ def test_ready_reports_an_engine_still_building_then_a_corrupt_engine(caplog):
         assert running.http("/live") == (200, "live\n")
         status, body = running.http("/ready")
         assert status == 503 and body.startswith("not ready: building the TensorRT engine for the U-Net (")
-
-        async def refused():
-            async with _connect(running.port) as ws:
-                with pytest.raises(ConnectionClosed) as info:
-                    await ws.recv()
-            return info.value.rcvd
-
-        rcvd = asyncio.run(refused())
+        rcvd = asyncio.run(_refusal(running.port))
         assert rcvd.code == 1013 and "not ready: building the TensorRT engine" in rcvd.reason
         with caplog.at_level(logging.INFO):
             release.set()
@@ -328,6 +320,17 @@ def test_serve_without_the_serve_extra_names_it_and_exits_7(capsys, monkeypatch)
     assert main(["serve", "--model", "tiny-random", "--video", "x=/nonexistent.mp4"]) == 7
     err = capsys.readouterr().err
     assert "MissingExtraError" in err and 'pip install -e ".[serve]"' in err and "websockets" in err
+
+
+def test_serve_refuses_an_old_format_avatar_before_loading_any_model(tmp_path, capsys, monkeypatch):
+    import engine.cli.serve as serve_cli
+    from engine.cli import main
+
+    monkeypatch.setattr(serve_cli, "load_sync", lambda args: pytest.fail("a model was loaded"))
+    old = write_format1_avatar(tmp_path / "old")
+    assert main(["serve", "--model", "tiny-random", "--avatar", f"me={old}", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "avatar format version: expected 2, found 1 (an avatar from an older engine" in err
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,24 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offline", action="store_true", help="never contact the model hub (use cached weights)")
 
 
+def add_generation_options(p: argparse.ArgumentParser) -> None:
+    """The preset and its overrides (`engine serve`; the same flags as `engine run`)."""
+    p.add_argument("--preset", default="reference", choices=["reference", "fast"],
+                   help="reference = official settings (20 steps, guidance 1.5, DeepCache 3, seed 1247)")
+    p.add_argument("--steps", type=int, help="DDIM steps (overrides the preset)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale; <= 1 disables CFG")
+    p.add_argument("--deepcache", type=int, help="DeepCache interval; 0 disables it")
+    p.add_argument("--seed", type=int, help="random seed (default 1247, the official one)")
+
+
+def generation_settings(args: argparse.Namespace):
+    """The SyncConfig that `add_generation_options` flags ask for."""
+    from engine.pipeline.config import resolve_config
+
+    return resolve_config(args.preset, steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
+                          deepcache_interval=args.deepcache or None, deepcache_off=args.deepcache == 0)
+
+
 def load_sync(args: argparse.Namespace, **kw):
     from engine.pipeline.sdk import LipSync
 

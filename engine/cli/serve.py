@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.cli.avatar import add_model_options, load_sync
+from engine.cli.avatar import add_generation_options, add_model_options, generation_settings, load_sync
 from engine.errors import InvalidInputError
 
 SIGNAL_EXIT_BASE = 128  # the shell's convention: 128 + signal number (143 SIGTERM, 130 SIGINT)
@@ -37,12 +37,7 @@ def register(subparsers) -> None:
                    help="connections that have not sent start yet; more are refused (1013)")
     p.add_argument("--start-timeout", type=float, default=5.0,
                    help="seconds a connection may take to send start before it is closed (1008)")
-    p.add_argument("--preset", default="reference", choices=["reference", "fast"],
-                   help="generation settings (reference = official: 20 steps, guidance 1.5, DeepCache 3, seed 1247)")
-    p.add_argument("--steps", type=int, help="DDIM steps (overrides the preset)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale; <= 1 disables CFG")
-    p.add_argument("--deepcache", type=int, help="DeepCache interval; 0 disables it")
-    p.add_argument("--seed", type=int, help="random seed (default 1247, the official one)")
+    add_generation_options(p)
     p.add_argument("--max-queued-seconds", type=float, default=30.0,
                    help="speech a session may queue before pushes are refused (QueueFullError)")
     p.add_argument("--jpeg-quality", type=int, default=90,
@@ -57,7 +52,6 @@ def _serve(args: argparse.Namespace) -> int:
     import asyncio
     from pathlib import Path
 
-    from engine.pipeline.config import resolve_config
     from engine.stream import Avatar, StreamConfig
     from engine.stream.server import LipSyncServer, ServerConfig
 
@@ -68,8 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
         if not Path(path).exists():
             raise InvalidInputError(f"source {name}: expected an existing path, found {path}")
     avatars = {name: Avatar(path) for name, path in args.avatar}  # manifests and sizes: typed errors now
-    settings = resolve_config(args.preset, steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
-                              deepcache_interval=args.deepcache or None, deepcache_off=args.deepcache == 0)
+    settings = generation_settings(args)
     config = ServerConfig(host=args.host, port=args.port, max_sessions=args.max_sessions,
                           max_pending=args.max_pending, start_timeout_s=args.start_timeout,
                           jpeg_quality=args.jpeg_quality, max_queued_seconds=args.max_queued_seconds)
