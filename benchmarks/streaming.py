@@ -140,9 +140,10 @@ def raw_format_bytes_per_frame(height: int, width: int, resolution: int) -> int:
     return height * width * 3 + resolution * resolution * 3 + 4 * 4 * latent * latent * 4 + 2 * 3 * 4
 
 
-def avatar_storage(sync, clip: str, num_frames: int, face: str) -> dict:
-    """Prepare an avatar from the first `num_frames` frames of a demo clip; bytes per file and per minute,
-    prepare and read time per frame, and whether the frames read back equal the decoded source frames."""
+def avatar_storage(sync, clip: str, num_frames: int, face: str, crf: int | None = None) -> dict:
+    """Prepare an avatar from the first `num_frames` frames of a demo clip (frames stored losslessly, or at
+    x264 `crf`); bytes per file and per minute, prepare and read time per frame, and how far the frames read
+    back are from the decoded source frames (max / mean absolute difference, PSNR)."""
     from engine.media import iter_video_frames
     from engine.stream import prepare_avatar
     from engine.stream.avatar import AvatarCursor
@@ -150,7 +151,7 @@ def avatar_storage(sync, clip: str, num_frames: int, face: str) -> dict:
     frames = np.stack([f.rgb for f in iter_video_frames(SHARED / "media" / f"{clip}_video.mp4", max_frames=num_frames)])
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        avatar = prepare_avatar(sync, frames, Path(tmp) / "avatar", face=face)
+        avatar = prepare_avatar(sync, frames, Path(tmp) / "avatar", face=face, frames_crf=crf)
         prepare_s = time.perf_counter() - t0
         files = {p.name: p.stat().st_size for p in sorted(avatar.path.iterdir())}
         cursor = AvatarCursor(avatar)
@@ -158,13 +159,13 @@ def avatar_storage(sync, clip: str, num_frames: int, face: str) -> dict:
         items = [next(cursor) for _ in range(2 * len(avatar))]  # one forward and one reversed pass
         read_s = time.perf_counter() - t0
         cursor.close()
-        exact = all(np.array_equal(item.frame, frames[item.source_index]) for item in items)
+        diff = np.stack([np.abs(item.frame.astype(np.int16) - frames[item.source_index]) for item in items])
     m = avatar.manifest
     total = sum(files.values())
     per_minute = 25 * 60 / m.num_frames
     old = raw_format_bytes_per_frame(m.height, m.width, m.resolution)
     return {
-        "clip": clip, "frames": m.num_frames, "height": m.height, "width": m.width, "resolution": m.resolution,
+        "clip": clip, "frames_crf": crf, "frames": m.num_frames, "height": m.height, "width": m.width, "resolution": m.resolution,
         "dtype": m.dtype, "face_source": m.face_source, "frames_with_face": int(np.isfinite(avatar.matrices[:, 0, 0]).sum()),
         "bytes": files, "bytes_per_frame": round(total / m.num_frames),
         "frames_file_bytes_per_frame": round(files["frames.mkv"] / m.num_frames),
@@ -174,7 +175,10 @@ def avatar_storage(sync, clip: str, num_frames: int, face: str) -> dict:
         "ratio_old_to_new": round(old * m.num_frames / total, 2),
         "prepare_s_per_frame": round(prepare_s / m.num_frames, 4),
         "read_ms_per_frame": round(1000 * read_s / len(items), 2),  # frame + face decode, ping-pong order
-        "frames_equal_to_source": exact,
+        "frames_equal_to_source": bool(diff.max() == 0),
+        "frames_max_abs_diff": int(diff.max()), "frames_mean_abs_diff": round(float(diff.mean()), 4),
+        "frames_psnr_db": round(float(10 * np.log10(255 ** 2 / np.mean(diff.astype(np.float64) ** 2))), 2)
+        if diff.max() else None,
     }
 
 
@@ -239,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--soak-minutes", type=float, default=0.0, help="also run a synthetic live stream this long")
     p.add_argument("--avatar-frames", type=int, default=100, help="frames of each demo clip for the avatar part")
     p.add_argument("--avatar-face", default="mediapipe", help="face source for the avatar part")
+    p.add_argument("--avatar-crfs", type=int, nargs="*", default=[12],
+                   help="also measure avatars stored at these x264 crf values (lossless is always measured)")
     p.add_argument("--parts", nargs="+", choices=["latency", "drift", "soak", "avatar"],
                    default=["latency", "drift", "soak", "avatar"])
     p.add_argument("--out", default=str(RESULTS / "streaming.json"))
@@ -278,12 +284,13 @@ def main(argv: list[str] | None = None) -> int:
         result["drift"] = drift_table(sync.core.audio_encoder, args.drift_seconds, args.drift_chunks,
                                       args.drift_lookaheads)
     if "avatar" in args.parts:
-        for clip in ("demo1", "demo2"):
-            row = avatar_storage(sync, clip, args.avatar_frames, args.avatar_face)
-            result["avatar"].append(row)
-            print(f"avatar {clip}: {row['mb_per_minute']} MB/min ({row['old_raw_format_mb_per_minute']} MB/min raw, "
-                  f"{row['ratio_old_to_new']}x), read {row['read_ms_per_frame']} ms/frame, "
-                  f"exact {row['frames_equal_to_source']}", flush=True)
+        for crf in [None, *args.avatar_crfs]:
+            for clip in ("demo1", "demo2"):
+                row = avatar_storage(sync, clip, args.avatar_frames, args.avatar_face, crf)
+                result["avatar"].append(row)
+                print(f"avatar {clip} crf {crf}: {row['mb_per_minute']} MB/min ({row['old_raw_format_mb_per_minute']} "
+                      f"MB/min raw, {row['ratio_old_to_new']}x), read {row['read_ms_per_frame']} ms/frame, "
+                      f"max diff {row['frames_max_abs_diff']}, PSNR {row['frames_psnr_db']}", flush=True)
         result["avatar_posterior_mb_per_minute"] = posterior_mb_per_minute()
     if "soak" in args.parts and args.soak_minutes > 0:
         result["soak"] = soak(sync, args.soak_minutes, settings)

@@ -22,7 +22,8 @@ def test_streaming_benchmark_latency_and_avatar_parts(media, golden, tmp_path):
     out = tmp_path / "streaming.json"
     assert _benchmark().main([
         "--parts", "latency", "avatar", "--first-chunk-only", "--chunks", "8", "--lookaheads", "0",
-        "--no-avatar-runs", "--seconds", "0.6", "--guidance", "1.0", "--avatar-frames", "2", "--out", str(out)]) == 0
+        "--no-avatar-runs", "--seconds", "0.6", "--guidance", "1.0", "--avatar-frames", "2", "--avatar-crfs",
+        "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert [r["avatar"] for r in result["latency"]] == [False]
     assert all(r["first_frame_latency_s"] and r["latency_floor_s"] == pytest.approx(11 / 25)

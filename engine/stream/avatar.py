@@ -3,7 +3,8 @@
 Layout of an avatar directory (format 2; written to a temporary sibling and renamed on success):
   manifest.json   model, resolution, face source used, frame count and size, VAE fingerprint, dtype,
                   the source file's sha256 (provenance), format version
-  frames.mkv      the frames, lossless H.264 RGB (see `avatar_frames`): decoded frames equal the source's
+  frames.mkv      the frames, H.264 RGB (see `avatar_frames`): lossless by default (decoded frames equal the
+                  source's), or visually lossless at a chosen crf (about 8x smaller)
   faces.mkv       the aligned faces [R,R,3] (gray where no face), stored the same way
   posterior.bin   [T,4,4,h,w] in the VAE dtype (masked mean, masked std, reference mean, reference std),
                   unscaled; NaN where no face
@@ -34,7 +35,7 @@ import torch
 from engine.errors import InvalidInputError, NoFaceError, expect
 from engine.pipeline.frames import pingpong_index
 from engine.pipeline.source import Cursor, SourceItem
-from engine.stream.avatar_frames import CODEC, GOP, LosslessFrameReader, LosslessFrameWriter, packet_checksums
+from engine.stream.avatar_frames import FrameFileReader, FrameFileWriter, describe_coding, packet_checksums, x264_options
 
 MANIFEST = "manifest.json"
 FRAMES = "frames.mkv"
@@ -65,7 +66,8 @@ class AvatarManifest:
     engine_version: str = ""
     created_unix: float = 0.0
     face_source_requested: str = ""  # what was asked for ("auto", ...)
-    frames_codec: str = f"{CODEC} qp 0 (lossless), key frame every {GOP}"
+    frames_codec: str = describe_coding(None)
+    frames_crf: int | None = None  # None: lossless (frames equal the source's), else x264 constant quality
     frames_bytes: int = 0
     faces_bytes: int = 0
     source: dict = field(default_factory=dict)  # {"path", "bytes", "sha256"} of a source file, else {}
@@ -79,8 +81,13 @@ def check_new_avatar_dir(out_dir: str | Path) -> Path:
     return out_dir
 
 
-def prepare_avatar(sync, video, out_dir: str | Path, *, face=None, progress=None) -> "Avatar":
+def prepare_avatar(sync, video, out_dir: str | Path, *, face=None, progress=None,
+                   frames_crf: int | None = None) -> "Avatar":
     """Decode `video`, align every frame, and store frames, matrices and VAE posteriors in `out_dir`.
+
+    `frames_crf`: None stores frames and faces losslessly; a number stores them at that x264
+    constant quality (12 is visually lossless: PSNR about 48 dB on the demo clips), which is
+    about 8x smaller and no longer bit-exact.
 
     Streams: frames and posteriors are appended to their files as they are made
     (batches of 16), so memory stays flat in the video length. `progress(done, total)`
@@ -91,6 +98,7 @@ def prepare_avatar(sync, video, out_dir: str | Path, *, face=None, progress=None
     from engine.pipeline.source import SourceCursor
 
     out_dir = check_new_avatar_dir(out_dir)
+    x264_options(frames_crf)  # a bad crf is refused before any work
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     frames, _, estimate = sync._open_video(video)
     core = sync.core
@@ -99,7 +107,7 @@ def prepare_avatar(sync, video, out_dir: str | Path, *, face=None, progress=None
     cursor = SourceCursor(frames, faces, core.new_aligner(), keep_frames=False)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        writer = _AvatarWriter(tmp, core)
+        writer = _AvatarWriter(tmp, core, frames_crf)
         try:
             for item in cursor:  # one forward pass (keep_frames=False ends it when the frames run out)
                 writer.add(item)
@@ -118,6 +126,7 @@ def prepare_avatar(sync, video, out_dir: str | Path, *, face=None, progress=None
             num_frames=writer.count, height=writer.size[0], width=writer.size[1], latent_size=core.latent_size,
             vae_fingerprint=vae_fingerprint(core.vae), dtype=writer.dtype,
             engine_version=engine.__version__, created_unix=time.time(),
+            frames_codec=describe_coding(frames_crf), frames_crf=frames_crf,
             frames_bytes=(tmp / FRAMES).stat().st_size, faces_bytes=(tmp / FACES).stat().st_size,
             source=_source_record(video),
         )
@@ -181,12 +190,12 @@ def _posterior_bits(t: torch.Tensor) -> np.ndarray:
 
 
 class _AvatarWriter:
-    """Appends frames and faces (lossless), matrices and posteriors (VAE-encoded in batches of 16) to their files."""
+    """Appends frames and faces (H.264 RGB), matrices and posteriors (VAE-encoded in batches of 16) to their files."""
 
-    def __init__(self, root: Path, core) -> None:
+    def __init__(self, root: Path, core, crf: int | None) -> None:
         self.root, self.core = root, core
-        self.frames = LosslessFrameWriter(root / FRAMES)
-        self.face_crops = LosslessFrameWriter(root / FACES)
+        self.frames = FrameFileWriter(root / FRAMES, crf=crf)
+        self.face_crops = FrameFileWriter(root / FACES, crf=crf)
         self.posterior = open(root / POSTERIOR, "wb")
         self.matrices: list[np.ndarray] = []
         self.pending: list[SourceItem] = []
@@ -305,12 +314,12 @@ class Avatar:
     def __len__(self) -> int:
         return self.manifest.num_frames
 
-    def open_frames(self) -> tuple[LosslessFrameReader, LosslessFrameReader]:
+    def open_frames(self) -> tuple[FrameFileReader, FrameFileReader]:
         """Readers of the avatar's (frames, faces); one pair per session: each holds a decoder."""
         m = self.manifest
         r = m.resolution
-        return (LosslessFrameReader(self.path / FRAMES, m.num_frames, (m.height, m.width), self.checksums[FRAMES]),
-                LosslessFrameReader(self.path / FACES, m.num_frames, (r, r), self.checksums[FACES]))
+        return (FrameFileReader(self.path / FRAMES, m.num_frames, (m.height, m.width), self.checksums[FRAMES]),
+                FrameFileReader(self.path / FACES, m.num_frames, (r, r), self.checksums[FACES]))
 
     def posterior_of(self, s: int) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """((masked mean, std), (reference mean, std)) of frame s, each [4,h,w] in the VAE dtype."""

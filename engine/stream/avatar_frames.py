@@ -1,7 +1,9 @@
-"""An avatar's frames, stored losslessly and read back in ping-pong order at one decode per frame.
+"""An avatar's frames, stored as H.264 in RGB and read back in ping-pong order at one decode per frame.
 
-Frames are H.264 in RGB (libx264rgb) at qp 0, which is lossless: decoding gives
-back the exact uint8 frames that were written. A key frame every `GOP` frames
+By default (qp 0) the encoding is lossless: decoding gives back the exact uint8
+frames that were written. `crf` trades exactness for size (visually lossless
+around crf 12, see `benchmarks/streaming.py`); RGB coding avoids any colour
+conversion error either way. A key frame every `GOP` frames
 makes random access cheap: forward reads decode one frame at a time, and the
 reversed half of the ping-pong loop decodes each block of `GOP` frames once
 (seek to its key frame, decode it, serve it backwards). Memory: `GOP` frames.
@@ -29,20 +31,33 @@ log = logging.getLogger(__name__)
 
 CODEC = "libx264rgb"
 GOP = 8  # frames per key frame: the block a backward read decodes (8 frames of 1080p: 50 MB)
-X264_OPTIONS = {
-    "qp": "0",  # lossless
-    "preset": "ultrafast",  # CAVLC, no B-frames: the fastest lossless decode
-    "x264-params": f"keyint={GOP}:min-keyint={GOP}:scenecut=0",  # key frames exactly every GOP frames
-}
+KEYFRAMES = f"keyint={GOP}:min-keyint={GOP}:scenecut=0"  # key frames exactly every GOP frames
+LOSSLESS_OPTIONS = {"qp": "0", "preset": "ultrafast", "x264-params": KEYFRAMES}  # CAVLC: fastest lossless decode
+MAX_CRF = 51
 CONTAINER = "matroska"
 
 
-class LosslessFrameWriter:
-    """Appends uint8 frames [H,W,3] of one size to a lossless file; `close()` finishes it."""
+def x264_options(crf: int | None) -> dict[str, str]:
+    """Encoder options: lossless for crf None, else constant quality `crf` (no B-frames, so decode order is
+    display order)."""
+    if crf is None:
+        return dict(LOSSLESS_OPTIONS)
+    expect(isinstance(crf, int) and 0 <= crf <= MAX_CRF, InvalidInputError, "avatar frames crf",
+           f"None (lossless) or an int in 0..{MAX_CRF}", crf)
+    return {"crf": str(crf), "preset": "veryfast", "x264-params": f"{KEYFRAMES}:bframes=0"}
 
-    def __init__(self, path: str | Path) -> None:
+
+def describe_coding(crf: int | None) -> str:
+    return f"{CODEC} {'qp 0 (lossless)' if crf is None else f'crf {crf}'}, key frame every {GOP}"
+
+
+class FrameFileWriter:
+    """Appends uint8 frames [H,W,3] of one size to a file (lossless unless `crf`); `close()` finishes it."""
+
+    def __init__(self, path: str | Path, *, crf: int | None = None) -> None:
         import av
 
+        self.options = x264_options(crf)
         self.path = Path(path)
         self._container = av.open(str(self.path), mode="w", format=CONTAINER)
         self._stream = None
@@ -55,7 +70,7 @@ class LosslessFrameWriter:
 
         if self._stream is None:
             self.size = rgb.shape[:2]
-            self._stream = self._container.add_stream(CODEC, rate=FPS, options=X264_OPTIONS)
+            self._stream = self._container.add_stream(CODEC, rate=FPS, options=self.options)
             self._stream.height, self._stream.width = self.size
             self._stream.pix_fmt = "rgb24"
         expect(rgb.shape[:2] == self.size, InvalidInputError, f"avatar frame {self.count} size", self.size,
@@ -104,8 +119,8 @@ def _index_of(packet_or_frame) -> int:
     return int(round(packet_or_frame.pts * packet_or_frame.time_base * FPS))
 
 
-class LosslessFrameReader:
-    """`get(s)` -> frame s [H,W,3] uint8 of a file written by `LosslessFrameWriter`, with a `GOP`-frame cache."""
+class FrameFileReader:
+    """`get(s)` -> frame s [H,W,3] uint8 of a file written by `FrameFileWriter`, with a `GOP`-frame cache."""
 
     def __init__(self, path: str | Path, num_frames: int, size: tuple[int, int], checksums: np.ndarray) -> None:
         import av
@@ -118,7 +133,7 @@ class LosslessFrameReader:
             self._container = av.open(str(self.path))
             self._stream = self._container.streams.video[0]
         except (av.FFmpegError, IndexError, OSError) as exc:
-            raise InvalidInputError(f"avatar frames {self.path}: expected a lossless video, found {exc}") from exc
+            raise InvalidInputError(f"avatar frames {self.path}: expected an avatar frame file, found {exc}") from exc
         self._stream.thread_type = "AUTO"
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._decoded = None  # iterator of decoded frames from the current position
