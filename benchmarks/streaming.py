@@ -165,8 +165,9 @@ def avatar_storage(sync, clip: str, num_frames: int, face: str, crf: int | None 
     per_minute = 25 * 60 / m.num_frames
     old = raw_format_bytes_per_frame(m.height, m.width, m.resolution)
     return {
-        "clip": clip, "frames_crf": crf, "frames": m.num_frames, "height": m.height, "width": m.width, "resolution": m.resolution,
-        "dtype": m.dtype, "face_source": m.face_source, "frames_with_face": int(np.isfinite(avatar.matrices[:, 0, 0]).sum()),
+        "clip": clip, "frames_crf": crf, "frames": m.num_frames, "height": m.height, "width": m.width,
+        "resolution": m.resolution, "dtype": m.dtype, "face_source": m.face_source,
+        "frames_with_face": int(np.isfinite(avatar.matrices[:, 0, 0]).sum()),
         "bytes": files, "bytes_per_frame": round(total / m.num_frames),
         "frames_file_bytes_per_frame": round(files["frames.mkv"] / m.num_frames),
         "faces_file_bytes_per_frame": round(files["faces.mkv"] / m.num_frames),
@@ -185,7 +186,8 @@ def avatar_storage(sync, clip: str, num_frames: int, face: str, crf: int | None 
 def posterior_mb_per_minute() -> dict:
     """Posterior bytes per minute for each model resolution and storage dtype (4 tensors [4,R/8,R/8] per frame)."""
     sizes = {"float32": 4, "float16": 2}
-    return {f"{r}px_{d}": round(4 * 4 * (r // 8) ** 2 * b * 25 * 60 / 1e6, 1) for r in (256, 512) for d, b in sizes.items()}
+    return {f"{r}px_{d}": round(4 * 4 * (r // 8) ** 2 * b * 25 * 60 / 1e6, 1)
+            for r in (256, 512) for d, b in sizes.items()}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -260,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
               "python": platform.python_version(), "processor": platform.processor(), "host": platform.node(),
               "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "settings": str(settings),
               "speech_seconds": args.seconds, "first_chunk_only": args.first_chunk_only, "latency": [], "drift": [],
-              "soak": None, "avatar": [], "command": " ".join(["python", "benchmarks/streaming.py", *(argv or sys.argv[1:])])}
+              "soak": None, "avatar": [],
+              "command": " ".join(["python", "benchmarks/streaming.py", *(argv if argv is not None else sys.argv[1:])])}
     with tempfile.TemporaryDirectory() as tmp:
         avatar = None
         if "latency" in args.parts and not args.no_avatar_runs:

@@ -198,7 +198,8 @@ def test_avatar_for_another_model_or_damaged_is_refused(sync, avatar, tmp_path):
             Avatar(damaged)
         shutil.copy(avatar.path / name, damaged / name)
     np.save(damaged / "matrices.npy", np.zeros((3, 2, 3)))
-    with pytest.raises(InvalidInputError, match=r"matrices.npy: expected float32 \[10, 2, 3\], found float64 \[3, 2, 3\]"):
+    with pytest.raises(InvalidInputError,
+                       match=r"matrices.npy: expected float32 \[10, 2, 3\], found float64 \[3, 2, 3\]"):
         Avatar(damaged)
     with pytest.raises(InvalidInputError, match="manifest.json"):
         Avatar(tmp_path / "missing")

@@ -35,7 +35,8 @@ import torch
 from engine.errors import InvalidInputError, NoFaceError, expect
 from engine.pipeline.frames import pingpong_index
 from engine.pipeline.source import Cursor, SourceItem
-from engine.stream.avatar_frames import FrameFileReader, FrameFileWriter, describe_coding, packet_checksums, x264_options
+from engine.stream.avatar_frames import (FrameFileReader, FrameFileWriter, describe_coding, packet_checksums,
+                                         x264_options)
 
 MANIFEST = "manifest.json"
 FRAMES = "frames.mkv"
