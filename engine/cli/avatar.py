@@ -62,7 +62,7 @@ def register(subparsers) -> None:
     prep.add_argument("--out", required=True, help="new (or empty) avatar directory; written atomically")
     prep.add_argument("--frames-crf", type=int, default=None, metavar="CRF",
                       help="store frames at this x264 quality instead of losslessly: 12 is visually lossless "
-                           "(PSNR ~48 dB) and ~8x smaller, but frames are no longer bit-exact (default: lossless)")
+                           "(PSNR ~48 dB) and ~4x smaller, but frames are no longer bit-exact (default: lossless)")
     add_model_options(prep)
     prep.add_argument("--no-progress", action="store_true", help="no progress bar")
     prep.set_defaults(func=_prepare)

@@ -4,7 +4,7 @@ Layout of an avatar directory (format 2; written to a temporary sibling and rena
   manifest.json   model, resolution, face source used, frame count and size, VAE fingerprint, dtype,
                   the source file's sha256 (provenance), format version
   frames.mkv      the frames, H.264 RGB (see `avatar_frames`): lossless by default (decoded frames equal the
-                  source's), or visually lossless at a chosen crf (about 8x smaller)
+                  source's), or visually lossless at a chosen crf (about 4x smaller)
   faces.mkv       the aligned faces [R,R,3] (gray where no face), stored the same way
   posterior.bin   [T,4,4,h,w] in the VAE dtype (masked mean, masked std, reference mean, reference std),
                   unscaled; NaN where no face
@@ -88,7 +88,7 @@ def prepare_avatar(sync, video, out_dir: str | Path, *, face=None, progress=None
 
     `frames_crf`: None stores frames and faces losslessly; a number stores them at that x264
     constant quality (12 is visually lossless: PSNR about 48 dB on the demo clips), which is
-    about 8x smaller and no longer bit-exact.
+    about 4x smaller than lossless on the demo clips and no longer bit-exact.
 
     Streams: frames and posteriors are appended to their files as they are made
     (batches of 16), so memory stays flat in the video length. `progress(done, total)`
