@@ -71,12 +71,17 @@ def official_random_models(*, device: torch.device | str, dtype: torch.dtype, re
     from engine.models.vae import build_vae, official_vae_config
     from engine.weights import LoadedModels
 
+    from engine.weights.tiny import _randomise_zero_init
+
     dims = official_whisper_tiny_dims()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         with torch.device(device):
             unet = LatentSyncUNet.from_config(official_unet_config())
             vae = build_vae(official_vae_config())
+        # conv_in/conv_out/motion proj_out start at zero: with them left so, outputs are zeros (deviations mean
+        # nothing, and zeros run faster than real data on tensor cores)
+        unet.load_state_dict(_randomise_zero_init(unet.state_dict(), torch.Generator().manual_seed(seed + 1)))
     encoder = load_whisper_encoder({"dims": dims, "model_state_dict": random_whisper_state_dict(dims, seed)})
     return LoadedModels(
         name=OFFICIAL_RANDOM, resolution=resolution,

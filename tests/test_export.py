@@ -156,8 +156,9 @@ def test_export_rejects_unknown_network(tiny_vae, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_large_model_layout_gathers_external_tensors_into_one_data_file(tiny_vae, tmp_path):
+def test_large_model_layout_gathers_external_tensors_into_one_data_file(tiny_vae, tmp_path, monkeypatch):
     """Graphs over 2 GiB come from torch as one file per tensor; they are gathered into <name>.onnx.data."""
+    from export import onnx_export
     from export.onnx_export import _finalise
 
     exported = export_onnx("vae_decoder", tiny_vae, tmp_path / "small")
@@ -167,6 +168,11 @@ def test_large_model_layout_gathers_external_tensors_into_one_data_file(tiny_vae
     onnx.save_model(model, str(raw_dir / "raw.onnx"), save_as_external_data=True, all_tensors_to_one_file=False,
                     size_threshold=0)
     assert len(list(raw_dir.iterdir())) > 10  # torch's > 2 GiB layout: many files
+    small = tmp_path / "inlined" / "vae_decoder.onnx"
+    small.parent.mkdir()
+    _finalise(raw_dir / "raw.onnx", small, network="vae_decoder", ir_version=IR_VERSION)
+    assert [p.name for p in small.parent.iterdir()] == ["vae_decoder.onnx"]  # small weights: one self-contained file
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)  # as if the weights were over the limit
     dest = tmp_path / "out" / "vae_decoder.onnx"
     dest.parent.mkdir()
     _finalise(raw_dir / "raw.onnx", dest, network="vae_decoder", ir_version=IR_VERSION)
@@ -174,6 +180,7 @@ def test_large_model_layout_gathers_external_tensors_into_one_data_file(tiny_vae
     onnx.checker.check_model(str(dest))
     feeds = get_spec("vae_decoder").sample_inputs(geometry_of(vae=tiny_vae), ShapeSettings(batch=1, height=8, width=8))
     np.testing.assert_array_equal(_ort_run(dest, feeds)[0], _ort_run(exported, feeds)[0])
+    np.testing.assert_array_equal(_ort_run(small, feeds)[0], _ort_run(exported, feeds)[0])
 
 
 def test_edited_onnx_file_is_stale_but_a_touched_copy_is_not(tiny_vae, tmp_path):
@@ -185,3 +192,40 @@ def test_edited_onnx_file_is_stale_but_a_touched_copy_is_not(tiny_vae, tmp_path)
     assert stale_reason(path, expected) is None
     path.write_bytes(path.read_bytes() + b"\0")
     assert "sha256 differs" in stale_reason(path, expected)
+
+
+def test_fp16_graph_keeps_normalisations_in_fp32(tiny_vae, tmp_path):
+    """The VAE's GroupNorms export as fp16 InstanceNormalization; the edit computes each of them (and softmax) in fp32."""
+    from export.graph_edits import FP32_OPS, value_types
+
+    half = copy.deepcopy(tiny_vae).half()
+    path = export_onnx("vae_decoder", half, tmp_path)
+    manifest = json.loads((tmp_path / (path.name + ".json")).read_text())
+    assert manifest["fp32_norms"] is True and manifest["fp32_norm_nodes"] > 0
+    model = onnx.load(str(path))
+    types = value_types(model)
+    norms = [n for n in model.graph.node if n.op_type in FP32_OPS]
+    assert {n.op_type for n in norms} >= {"InstanceNormalization", "Softmax"}
+    assert all(types[n.input[0]] == onnx.TensorProto.FLOAT for n in norms)
+    assert types[model.graph.output[0].name] == onnx.TensorProto.FLOAT16  # the graph's interface stays fp16
+    feeds = get_spec("vae_decoder").sample_inputs(geometry_of(vae=tiny_vae), ShapeSettings(batch=2, height=8, width=8))
+    got = _ort_run(path, {k: v.half() for k, v in feeds.items()})[0].astype(np.float32)
+    want = _torch_run("vae_decoder", tiny_vae, feeds)[0]
+    assert np.isfinite(got).all() and float(np.abs(got - want).max()) < FP16_ATOL
+    fp32 = json.loads((tmp_path / "vae_decoder.onnx.json").read_text()) if (tmp_path / "vae_decoder.onnx").exists() \
+        else json.loads((export_onnx("vae_decoder", tiny_vae, tmp_path).parent / "vae_decoder.onnx.json").read_text())
+    assert fp32["fp32_norm_nodes"] == 0  # an fp32 graph is left as exported
+
+
+def test_exporter_choice_is_recorded_and_whisper_graph_follows_its_compute_dtype(tiny_models, tmp_path):
+    from export.onnx_export import EXPORTERS
+
+    encoder = copy.deepcopy(tiny_models.audio_encoder)
+    encoder.compute_dtype = torch.float16  # what a CUDA fp16 run sets (engine.audio.whisper.follow_run_dtype)
+    path = export_onnx("audio_encoder", encoder, tmp_path)
+    assert path.name == "audio_encoder.fp16.onnx"
+    model = onnx.load(str(path))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    manifest = json.loads((tmp_path / (path.name + ".json")).read_text())
+    assert manifest["exporter"] == EXPORTERS["audio_encoder"] == "dynamo" and manifest["dtype"] == "fp16"
+    assert EXPORTERS["unet"] == "torchscript"  # see the reason beside EXPORTERS
