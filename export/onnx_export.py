@@ -142,6 +142,7 @@ def _trace(network: str, wrapper: nn.Module, inputs: dict[str, torch.Tensor], ra
         warnings.filterwarnings("ignore", message=".*'dynamic_axes' is not recommended", category=UserWarning)
         warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
         warnings.filterwarnings("ignore", message=".*from_dynamic_axes_to_dynamic_shapes is deprecated")
+        warnings.filterwarnings("ignore", message=".*The axis name: .* will not be used")
         warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.+ is deprecated")
         if EXPORTERS[network] == "dynamo":
             program = torch.onnx.export(wrapper, tuple(inputs.values()), dynamo=True, verbose=False, **common)

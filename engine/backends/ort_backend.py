@@ -87,21 +87,26 @@ class OrtExecutor:
     def __call__(self, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
         settings = self.spec.check_inputs(feeds, self.geometry)
         shapes = self.spec.shapes(self.geometry, settings)
-        kind, index = ("cuda", self.device.index or 0) if self.device.type == "cuda" else ("cpu", 0)
-        binding = self.session.io_binding()
-        inputs = {}
-        for name in self.spec.input_names:
-            # a no-op for run_executor's feeds (already cast and placed); kept alive until ORT has read them
-            t = inputs[name] = feeds[name].detach().to(self.device, self.input_dtypes[name]).contiguous()
-            binding.bind_input(name, kind, index, _TORCH_TO_ONNX[t.dtype], tuple(t.shape), t.data_ptr())
+        # a no-op for run_executor's feeds (already cast and placed)
+        inputs = {name: feeds[name].detach().to(self.device, self.input_dtypes[name]).contiguous()
+                  for name in self.spec.input_names}
         outputs = {name: torch.empty(shapes[name], dtype=self.output_dtypes[name], device=self.device)
                    for name in self.spec.output_names}
-        for name, t in outputs.items():
-            binding.bind_output(name, kind, index, _TORCH_TO_ONNX[t.dtype], tuple(t.shape), t.data_ptr())
-        if kind == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()  # ORT runs on its own stream: inputs must be complete
-        self.session.run_with_iobinding(binding)  # synchronous: outputs are ready on return
+        run_bound(self.session, inputs, outputs, self.device)
         return outputs
+
+
+def run_bound(session, inputs: Mapping[str, Tensor], outputs: Mapping[str, Tensor], device: torch.device) -> None:  # noqa: ANN001
+    """Run `session` reading `inputs` and writing `outputs` in place (contiguous torch tensors on `device`)."""
+    kind, index = ("cuda", device.index or 0) if device.type == "cuda" else ("cpu", 0)
+    binding = session.io_binding()
+    for name, t in inputs.items():
+        binding.bind_input(name, kind, index, _TORCH_TO_ONNX[t.dtype], tuple(t.shape), t.data_ptr())
+    for name, t in outputs.items():
+        binding.bind_output(name, kind, index, _TORCH_TO_ONNX[t.dtype], tuple(t.shape), t.data_ptr())
+    if kind == "cuda":
+        torch.cuda.current_stream(device).synchronize()  # ORT runs on its own stream: inputs must be complete
+    session.run_with_iobinding(binding)  # synchronous: outputs are ready on return
 
 
 def _ort_dtype(ort_type: str, what: str) -> torch.dtype:
