@@ -44,7 +44,7 @@ FORMAT = 1
 STEPS = (("tests", 80), ("unet", 170), ("vae", 35), ("pipeline", 100), ("streaming", 55))
 QUICK_STEPS = {name: 60 for name, _ in STEPS}
 GRACE_S = 20  # a step's process is killed this long after its budget
-WHEELS = ("diffusers", "av", "importlib_metadata")  # what the lent machine's image lacks (see README)
+WHEELS = ("diffusers", "av")  # what the lent machine's image lacks (KINDS.md's package list; see README)
 
 
 # ---------------------------------------------------------------------------------------------- result file
@@ -248,20 +248,29 @@ def prepare(args: argparse.Namespace) -> int:
         if not source.exists():
             print(f"error: {source} not found (run from a checkout beside ../shared)", file=sys.stderr)
             return 2
-        shutil.copy2(source, media / name)
+        shutil.copyfile(source, media / name)  # not copy2: the shared files are read-only
     track = media / "demo1_face_track.json"
     if not track.exists() or args.force:
         write_face_track(media / "demo1_video.mp4", track, face=args.face)
     print(f"media ready in {media} (git-ignored: carry it to the GPU machine)")
-    print("wheels the lent H200 image lacks (diffusers, PyAV, importlib_metadata), fetched here:")
+    print("for a lent GPU machine, fetch the wheels its image lacks (diffusers, PyAV) here:")
     print("  " + " ".join(wheel_command()))
     return 0
 
 
 def wheel_command() -> list[str]:
-    return [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
+    """`pip download` of WHEELS at this environment's versions, as cp312 manylinux wheels, into .whl/."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def pinned(name: str) -> str:
+        try:
+            return f"{name}=={version(name)}"
+        except PackageNotFoundError:
+            return name
+
+    return ["python", "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
             "--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
-            "--platform", "manylinux2014_x86_64", "-d", ".whl", *WHEELS]
+            "--platform", "manylinux2014_x86_64", "-d", ".whl", *(pinned(n) for n in WHEELS)]
 
 
 def write_face_track(video: Path, out: Path, *, face: str = "mediapipe") -> None:

@@ -7,9 +7,11 @@ with random weights (benchmarks/random_models.py), built on the device: no downl
 
 from __future__ import annotations
 
+import atexit
 import copy
 import json
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -113,6 +115,17 @@ def deviation(out: torch.Tensor, ref: torch.Tensor) -> dict[str, Any]:
             "rel_l2_dev": float((a - b).norm() / b.norm().clamp_min(1e-30))}
 
 
+class exact_fp32:
+    """TF32 off while fp32 references are computed (cuDNN convolutions use TF32 by default on CUDA)."""
+
+    def __enter__(self) -> None:
+        self._saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+
+    def __exit__(self, *exc) -> None:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self._saved
+
+
 def free(device: str) -> None:
     import gc
 
@@ -177,7 +190,7 @@ def measure_unet(plan: Plan, budget: Budget, emit: Emit, *, build_trt: bool = Fa
     for latent in plan.latent_sizes:  # fp32 references first: every later row compares to them
         flops[latent] = unet_flops(latent, plan.frames, plan.batch, config)
         feeds = {k: v.to(device) for k, v in _unet_inputs(latent, plan, cross).items()}
-        with torch.inference_mode():
+        with torch.inference_mode(), exact_fp32():
             noise, deep = reference_model.forward_full(feeds["sample"], feeds["timestep"], feeds["encoder_hidden_states"])
             refs[(latent, "full")] = noise.cpu()
             refs[(latent, "deep")] = deep
@@ -212,6 +225,7 @@ def measure_unet(plan: Plan, budget: Budget, emit: Emit, *, build_trt: bool = Fa
             emit({**base, **row})
         if mode == "compile":
             first_compile_s = max(r["first_call_s"] for r in rows) * 1.3
+            torch._dynamo.reset()  # drop the compiled graphs and their CUDA-graph memory pools
         free(device)
 
 
@@ -282,15 +296,7 @@ def _unet_callables(mode: str, model, latent: int, plan: Plan):  # noqa: ANN202
             return call
 
         return step(full), step(shallow)
-    from engine.backends.config import EngineConfig
-    from engine.backends.select import BackendContext, make_executor
-
-    modules = {"unet": model, "vae": None, "audio": None}
-    folder = Path(tempfile.mkdtemp(prefix="gpu-check-unet-"))  # never registered: runs do not see these files
-    ctx = BackendContext(modules, name="official-random", resolution=latent * 8, device=torch.device(plan.device),
-                         options=EngineConfig(artifact_dir=folder, frames=plan.frames, batch=plan.batch))
-    full_exec = make_executor(mode, "unet", ctx, allow_build=True)
-    shallow_exec = make_executor(mode, "unet_shallow", ctx, allow_build=True)
+    full_exec, shallow_exec = _artifact_executors(mode, model, latent, plan)
 
     def full(sample, timestep, ehs):  # noqa: ANN001, ANN202
         out = full_exec({"sample": sample, "timestep": timestep.float(), "encoder_hidden_states": ehs})
@@ -301,6 +307,30 @@ def _unet_callables(mode: str, model, latent: int, plan: Plan):  # noqa: ANN202
                              "deep_feature": deep})["noise_pred"]
 
     return full, shallow
+
+
+_EXECUTORS: dict[tuple, tuple] = {}  # (mode, dtype, latent) -> executors; ONNX files shared across latent sizes
+_FOLDERS: dict[torch.dtype, Path] = {}
+
+
+def _artifact_executors(mode: str, model, latent: int, plan: Plan) -> tuple:  # noqa: ANN001
+    """ONNX Runtime / TensorRT executors of both passes, exported once per dtype into a private temporary folder."""
+    from engine.backends.config import EngineConfig
+    from engine.backends.select import BackendContext, make_executor
+
+    dtype = next(model.parameters()).dtype
+    key = (mode, dtype, latent)
+    if key not in _EXECUTORS:
+        if dtype not in _FOLDERS:  # never registered: runs never see these files; removed when the step ends
+            _FOLDERS[dtype] = Path(tempfile.mkdtemp(prefix="gpu-check-unet-"))
+            atexit.register(shutil.rmtree, _FOLDERS[dtype], True)
+        folder = _FOLDERS[dtype]
+        ctx = BackendContext({"unet": model, "vae": None, "audio": None}, name="official-random",
+                             resolution=latent * 8, device=torch.device(plan.device),
+                             options=EngineConfig(artifact_dir=folder, frames=plan.frames, batch=plan.batch))
+        _EXECUTORS[key] = (make_executor(mode, "unet", ctx, allow_build=True),
+                           make_executor(mode, "unet_shallow", ctx, allow_build=True))
+    return _EXECUTORS[key]
 
 
 # ---------------------------------------------------------------------------------------------- (3) VAE
@@ -322,7 +352,7 @@ def measure_vae(plan: Plan, budget: Budget, emit: Emit) -> None:
         g = torch.Generator().manual_seed(1)
         pixels = (torch.rand(plan.vae_frames, 3, res, res, generator=g) * 2 - 1).to(device)
         latents = torch.randn(plan.vae_frames, 4, res // 8, res // 8, generator=g).to(device)
-        with torch.inference_mode():
+        with torch.inference_mode(), exact_fp32():
             ref_mean = reference.encode(pixels).latent_dist.mean.cpu()
             ref_images = reference.decode(latents).sample.cpu()
         for dtype in plan.dtypes:
@@ -564,16 +594,16 @@ def measure_streaming(plan: Plan, budget: Budget, emit: Emit, *, media: Path | N
         frames = _decode(video, needed) if isinstance(video, Path) else video
         from engine.pipeline.sdk import LipSync
 
-        tmp = Path(tempfile.mkdtemp(prefix="gpu-check-stream-"))
-        models = replace(_pipeline_models(plan, placement, tmp), resolution=plan.resolutions[-1])
-        sync_obj = LipSync(models, placement, face="auto", backend="torch")
-        for chunk in ((16,) if plan.quick else (16, 8)):
-            if not budget.fits(20.0):
-                emit({"kind": "stream", "chunk_frames": chunk, "skipped": f"budget: {budget.left():.0f} s left"})
-                continue
-            emit({"kind": "stream", "resolution": models.resolution, "chunk_frames": chunk,
-                  **_live_session(sync_obj, frames, landmarks, speech, chunk, quick=plan.quick)})
-        del sync_obj, models
+        with tempfile.TemporaryDirectory() as tmp:
+            models = replace(_pipeline_models(plan, placement, Path(tmp)), resolution=plan.resolutions[-1])
+            sync_obj = LipSync(models, placement, face="auto", backend="torch")
+            for chunk in ((16,) if plan.quick else (16, 8)):
+                if not budget.fits(20.0):
+                    emit({"kind": "stream", "chunk_frames": chunk, "skipped": f"budget: {budget.left():.0f} s left"})
+                    continue
+                emit({"kind": "stream", "resolution": models.resolution, "chunk_frames": chunk,
+                      **_live_session(sync_obj, frames, landmarks, speech, chunk, quick=plan.quick)})
+            del sync_obj, models
         free(plan.device)
     except Exception as exc:
         emit({"kind": "stream", "error": f"{type(exc).__name__}: {exc}"[:500]})

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from engine.audio.features import WINDOW_BATCH
 from engine.errors import InvalidInputError, expect
 from engine.pipeline.device import DeviceOptions
 
@@ -44,7 +45,7 @@ class EngineConfig:
     precision: str = "fp16"  # what `engine build` loads and builds; strongly typed runs take the run's dtype
     batch: int = 2  # largest U-Net batch (2 with classifier-free guidance)
     frames: int = 16  # largest chunk
-    audio_batch: int = 1  # largest number of 30 s whisper windows per call (engine.audio.features.WINDOW_BATCH)
+    audio_batch: int = WINDOW_BATCH  # largest number of 30 s whisper windows per encoder call
     opt_level: int = 3
     workspace_gib: float = 0.0
     typing: str = "strong"  # strongly typed from the graph (fp32 norms kept), or "weak" (builder precision flags)
