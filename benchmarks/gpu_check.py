@@ -322,6 +322,13 @@ def main(argv: list[str] | None = None) -> int:
         return prepare(args)
     if args.step:
         return run_step(args)
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            print("error: --device cuda: expected a CUDA GPU, found none (torch.cuda.is_available() is False); "
+                  "`--device cpu --quick` runs the plumbing without one", file=sys.stderr)
+            return 7
     return run_all(args)
 
 

@@ -79,7 +79,14 @@ def test_each_step_runs_in_its_own_process_with_a_budget(tmp_path):
     assert report["steps"][1]["status"] == "skipped"
 
 
-def test_cpu_without_quick_is_refused():
+def test_cpu_without_quick_and_cuda_without_a_gpu_are_refused(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu"], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2 and "--device cpu needs --quick" in done.stderr
+    import torch
+
+    if not torch.cuda.is_available():
+        done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "gpu")], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 7 and "expected a CUDA GPU" in done.stderr
+        assert not (tmp_path / "gpu").exists()  # nothing written before the check

@@ -32,7 +32,7 @@ def _run(args: argparse.Namespace) -> int:
     from engine.backends.select import BACKENDS, BackendContext
     from engine.cli.export import parse_networks
     from engine.errors import InvalidInputError, expect
-    from engine.pipeline.device import choose_placement
+    from engine.pipeline.device import apply_device_options, choose_placement
     from engine.weights import load_models
     from export.specs import ShapeSettings
 
@@ -41,6 +41,7 @@ def _run(args: argparse.Namespace) -> int:
     expect(all(b in BACKENDS for b in backends), InvalidInputError, "--backends", BACKENDS, args.backends)
     placement = choose_placement(args.device, args.dtype)
     models = load_models(args.model, device=placement.device, dtype=placement.dtype, offline=args.offline)
+    apply_device_options(models, placement.device, placement.dtype)  # as a run has them (whisper dtype on CUDA)
     artifacts = args.artifacts or bench_artifact_dir(models.name)  # never registered: `run` does not pick these up
     ctx = BackendContext.of(models, placement.device, EngineConfig(artifact_dir=artifacts))
     latent = models.resolution // 8
