@@ -38,8 +38,9 @@ GROUP_ALIASES = {"audio_encoder": "audio", "whisper": "audio", "unet_shallow": "
 GROUP_OF = {network: group for group, networks in NETWORK_GROUPS.items() for network in networks}
 # auto's preference over opted-in artifacts, eager torch last. NOT measured on CUDA yet (no GPU has run this
 # engine; benchmarks/gpu_check.py measures it): the CUDA order is TensorRT's and ONNX Runtime's usual standing.
-# On the CPU, benchmarks/backends.py measured ONNX Runtime 2.5-6.9x faster than eager torch on the tiny model
-# (README, backends.json). torch.compile is never chosen by auto: its first call per shape compiles for minutes.
+# On the CPU, benchmarks/backends.py measured ONNX Runtime 1.6-10x faster than eager torch per network on the tiny
+# model (benchmarks/results/backends_tiny_cpu.json). torch.compile is never chosen by auto: its first call per
+# shape compiles for minutes.
 AUTO_ORDER = {
     "cuda": ("tensorrt", "onnxruntime", "torch"),
     "cpu": ("onnxruntime", "torch"),
