@@ -54,7 +54,7 @@ def cached_sha256_file(path: Path, *, cache: Path | None = None) -> str:
     if memo and list(memo[:2]) == stats:
         return memo[2]
     cache = Path(cache) if cache is not None else digest_cache_path()
-    entry = _read_digest_cache(cache).get(real)
+    entry = read_json_dict(cache).get(real)
     if isinstance(entry, list) and len(entry) == 3 and entry[:2] == stats:
         digest = str(entry[2])
     else:
@@ -64,9 +64,10 @@ def cached_sha256_file(path: Path, *, cache: Path | None = None) -> str:
     return digest
 
 
-def _read_digest_cache(cache: Path) -> dict[str, Any]:
+def read_json_dict(path: Path) -> dict[str, Any]:
+    """A JSON object file's contents, or {} when it is missing, unreadable or not an object."""
     try:
-        data = json.loads(Path(cache).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -76,7 +77,7 @@ def _record_digest(cache: Path, key: str, entry: list) -> None:
     """Add one entry under the cache's lock (a read-only or missing cache folder only costs the next re-hash)."""
     try:
         with file_lock(cache):
-            data = _read_digest_cache(cache)
+            data = read_json_dict(cache)
             data[key] = entry
             atomic_write_text(cache, json.dumps(data, indent=0, sort_keys=True) + "\n")
     except OSError:
@@ -143,12 +144,7 @@ def write_manifest(artifact: Path, fields: Mapping[str, Any]) -> Path:
 
 def read_manifest(artifact: Path) -> dict[str, Any] | None:
     """The sidecar's fields, or None when it is missing or not valid JSON."""
-    path = manifest_path(artifact)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return read_json_dict(manifest_path(artifact)) or None
 
 
 def differing_fields(expected: Mapping[str, Any], found: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -22,6 +22,7 @@ from typing import Any
 from engine.audio.features import WINDOW_BATCH
 from engine.errors import InvalidInputError, expect
 from engine.pipeline.device import DeviceOptions
+from export.artifacts import read_json_dict
 
 log = logging.getLogger(__name__)
 
@@ -114,22 +115,14 @@ def bench_artifact_dir(model_name: str) -> Path:
     return engine_cache_dir() / "bench-artifacts" / model_name.replace("/", "_")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def read_artifact_config(artifact_dir: Path) -> dict[str, Any]:
     """What export/build recorded in `artifact_dir` ({} when nothing was)."""
-    return _read_json(Path(artifact_dir) / DIR_CONFIG_FILE)
+    return read_json_dict(Path(artifact_dir) / DIR_CONFIG_FILE)
 
 
 def registered_artifact_dir(model_name: str) -> Path | None:
     """The folder export/build registered for `model_name`, when it still exists."""
-    entry = _read_json(registry_path()).get("models", {}).get(model_name)
+    entry = read_json_dict(registry_path()).get("models", {}).get(model_name)
     if not isinstance(entry, dict) or not entry.get("artifact_dir"):
         return None
     path = Path(entry["artifact_dir"])
@@ -154,7 +147,7 @@ def register_artifacts(model_name: str, artifact_dir: Path, *, written_by: str, 
         atomic_write_text(dir_file, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     registry = registry_path()
     with file_lock(registry):
-        data = _read_json(registry)
+        data = read_json_dict(registry)
         models = data.setdefault("models", {})
         models[model_name] = {"artifact_dir": str(artifact_dir), "written_by": written_by,
                               "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
