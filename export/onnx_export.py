@@ -139,6 +139,7 @@ def _trace(network: str, wrapper: nn.Module, inputs: dict[str, torch.Tensor], ra
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*script_method. is deprecated", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*'dynamic_axes' is not recommended", category=UserWarning)
         warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
         warnings.filterwarnings("ignore", message=".*from_dynamic_axes_to_dynamic_shapes is deprecated")
