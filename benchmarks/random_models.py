@@ -64,23 +64,43 @@ def write_micro_model(out_dir: str | os.PathLike, *, resolution: int = 256, seed
     return out
 
 
-def official_random_models(*, device: torch.device | str, dtype: torch.dtype, resolution: int, seed: int = 0):
-    """LoadedModels of the official U-Net, VAE and Whisper-tiny shapes with random init, built on `device`."""
-    from engine.audio import load_whisper_encoder, official_whisper_tiny_dims, random_whisper_state_dict
+def official_random_unet(*, device: torch.device | str, dtype: torch.dtype = torch.float32, seed: int = 0):
+    """The official LatentSync U-Net with random weights, built on `device` (every layer non-zero)."""
     from engine.models import LatentSyncUNet, official_unet_config
-    from engine.models.vae import build_vae, official_vae_config
-    from engine.weights import LoadedModels
+    from engine.weights.tiny import _randomise_zero_init
 
-    dims = official_whisper_tiny_dims()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         with torch.device(device):
             unet = LatentSyncUNet.from_config(official_unet_config())
+    # conv_in/conv_out/motion proj_out start at zero: left so, outputs are zeros (deviations mean nothing, and
+    # zeros run faster than real data on tensor cores)
+    unet.load_state_dict(_randomise_zero_init(unet.state_dict(), torch.Generator().manual_seed(seed + 1)))
+    return unet.to(dtype=dtype).eval().requires_grad_(False)
+
+
+def official_random_vae(*, device: torch.device | str, dtype: torch.dtype = torch.float32, seed: int = 0):
+    """sd-vae-ft-mse's architecture (diffusers AutoencoderKL) with diffusers' random init, on `device`."""
+    from engine.models.vae import build_vae, official_vae_config
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with torch.device(device):
             vae = build_vae(official_vae_config())
+    return torch.nn.Module.to(vae, dtype=dtype).eval().requires_grad_(False)
+
+
+def official_random_models(*, device: torch.device | str, dtype: torch.dtype, resolution: int, seed: int = 0):
+    """LoadedModels of the official U-Net, VAE and Whisper-tiny shapes with random init, built on `device`."""
+    from engine.audio import load_whisper_encoder, official_whisper_tiny_dims, random_whisper_state_dict
+    from engine.models import official_unet_config
+    from engine.weights import LoadedModels
+
+    dims = official_whisper_tiny_dims()
     encoder = load_whisper_encoder({"dims": dims, "model_state_dict": random_whisper_state_dict(dims, seed)})
     return LoadedModels(
         name=OFFICIAL_RANDOM, resolution=resolution,
-        unet=unet.to(dtype=dtype).eval().requires_grad_(False),
-        vae=torch.nn.Module.to(vae, dtype=dtype), audio_encoder=encoder.to(device), is_random=True,
-        unet_config=official_unet_config(),
+        unet=official_random_unet(device=device, dtype=dtype, seed=seed),
+        vae=official_random_vae(device=device, dtype=dtype, seed=seed), audio_encoder=encoder.to(device),
+        is_random=True, unet_config=official_unet_config(),
     )

@@ -1,4 +1,4 @@
-"""U-Net throughput (frames/s) of the official network, eager vs torch.compile, written as JSON.
+"""U-Net throughput (frames/s, TFLOP/s) of the official network, eager vs torch.compile, written as JSON.
 
 LatentSync 1.5 (256 px) and 1.6 (512 px) share one network; only the latent size differs (32x32 vs 64x64).
 Weights are random (throughput does not depend on their values).
@@ -56,7 +56,7 @@ def _time_calls(fn, device: str, warmup: int, iters: int) -> tuple[float, list[f
 
 
 def bench_case(model, *, device: str, dtype: torch.dtype, batch: int, frames: int, size: int, mode: str,
-               warmup: int, iters: int, shallow: bool, compile_mode: str) -> dict:  # noqa: ANN001
+               warmup: int, iters: int, shallow: bool, compile_mode: str, flops: dict | None = None) -> dict:  # noqa: ANN001
     from engine.models import LatentSyncUNet
 
     assert isinstance(model, LatentSyncUNet)
@@ -79,6 +79,9 @@ def bench_case(model, *, device: str, dtype: torch.dtype, batch: int, frames: in
             "latency_s_min": round(min(times), 4), "iters": iters,
             "frames_per_s": round(batch * frames / statistics.median(times), 3),
         }
+        if flops:
+            row["tflop_per_call"] = round(flops["full"] / 1e12, 3)
+            row["tflops_achieved"] = round(flops["full"] / 1e12 / statistics.median(times), 3)
         if shallow:
             deep = full(sample, timestep, audio)[1]
             s_first, s_times = _time_calls(lambda: part(sample, timestep, audio, deep), device, warmup, iters)
@@ -86,6 +89,8 @@ def bench_case(model, *, device: str, dtype: torch.dtype, batch: int, frames: in
             row["shallow_latency_s_median"] = round(statistics.median(s_times), 4)
             row["shallow_frames_per_s"] = round(batch * frames / statistics.median(s_times), 3)
             row["shallow_speedup"] = round(statistics.median(times) / statistics.median(s_times), 2)
+            if flops:
+                row["shallow_tflops_achieved"] = round(flops["shallow"] / 1e12 / statistics.median(s_times), 3)
     if device == "cuda":
         row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return row
@@ -109,6 +114,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from engine.models import LatentSyncUNet, official_unet_config, tiny_unet_config
+    from gpu_measure import unet_flops
+    from random_models import official_random_unet
 
     batch, frames, sizes, dtypes = DEFAULTS[args.device]
     batch, frames = args.batch or batch, args.frames or frames
@@ -117,7 +124,10 @@ def main() -> None:
 
     cfg = official_unet_config() if args.config == "official" else tiny_unet_config()
     t0 = time.perf_counter()
-    model = LatentSyncUNet.from_config(cfg).eval().to(args.device)
+    if args.config == "official":  # every layer non-zero: zero conv_in/conv_out would time all-zero tensors
+        model = official_random_unet(device=args.device)
+    else:
+        model = LatentSyncUNet.from_config(cfg).eval().to(args.device)
     build_s = time.perf_counter() - t0
     result = {
         "benchmark": "unet", "config": args.config,
@@ -128,14 +138,18 @@ def main() -> None:
         "load_avg_1m_start": round(os.getloadavg()[0], 2), "build_s": round(build_s, 2), "timestep": TIMESTEP, "rows": [],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    flops: dict[int, dict] = {}  # counted once per latent size (meta device)
     for dtype_name in dtypes:
         model.to(DTYPES[dtype_name])
         for mode in args.modes:
             for size in sizes:
                 torch._dynamo.reset()
+                if size not in flops:
+                    flops[size] = unet_flops(size, frames, batch, cfg)
                 row = bench_case(model, device=args.device, dtype=DTYPES[dtype_name], batch=batch, frames=frames,
                                  size=size, mode=mode, warmup=args.warmup, iters=args.iters,
-                                 shallow=not args.no_shallow, compile_mode=args.compile_mode)
+                                 shallow=not args.no_shallow, compile_mode=args.compile_mode,
+                                 flops=flops[size])
                 print(json.dumps(row), flush=True)
                 result["rows"].append(row)
                 args.out.write_text(json.dumps(result, indent=1))  # after every row: partial runs keep their data

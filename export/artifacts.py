@@ -6,16 +6,19 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
 
-from export.locking import atomic_write_text
+from export.locking import atomic_write_text, file_lock
 
 HASH_CHUNK = 8 << 20  # bytes read per hashing step
 ONNX_DATA_SUFFIX = ".data"  # external tensor data: <name>.onnx.data
 MANIFEST_SUFFIX = ".json"
+DIGEST_CACHE_FILE = "file-digests.json"  # in the engine cache: {abs path: [size, mtime_ns, sha256]}
+
+_digest_memo: dict[str, tuple[int, int, str]] = {}  # the same cache, in this process
 
 
 def sha256_file(path: Path) -> str:
@@ -24,6 +27,68 @@ def sha256_file(path: Path) -> str:
         while chunk := handle.read(HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_stats(path: Path) -> list[int]:
+    """[size, mtime_ns]: the guard under which a recorded digest of `path` is trusted without re-reading it."""
+    st = Path(path).stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def digest_cache_path() -> Path:
+    from engine.weights import engine_cache_dir
+
+    return engine_cache_dir() / DIGEST_CACHE_FILE
+
+
+def cached_sha256_file(path: Path, *, cache: Path | None = None) -> str:
+    """sha256 of a file's bytes, read once per (path, size, mtime): checkpoints are GBs, start-up must not re-read them.
+
+    The digest is kept in this process and in a small JSON file in the engine cache (`cache`), so the next process
+    trusts it while the file's size and mtime are unchanged. An edit that keeps both is not noticed; checks that
+    must see one (`engine build --no-build`) call sha256_file directly.
+    """
+    real = str(Path(path).resolve())  # the HF cache links names to blobs: key by the blob
+    stats = file_stats(Path(real))
+    memo = _digest_memo.get(real)
+    if memo and list(memo[:2]) == stats:
+        return memo[2]
+    cache = Path(cache) if cache is not None else digest_cache_path()
+    entry = read_json_dict(cache).get(real)
+    if isinstance(entry, list) and len(entry) == 3 and entry[:2] == stats:
+        digest = str(entry[2])
+    else:
+        digest = sha256_file(Path(real))
+        _record_digest(cache, real, [*stats, digest])
+    _digest_memo[real] = (stats[0], stats[1], digest)
+    return digest
+
+
+def read_json_dict(path: Path) -> dict[str, Any]:
+    """A JSON object file's contents, or {} when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _record_digest(cache: Path, key: str, entry: list) -> None:
+    """Add one entry under the cache's lock (a read-only or missing cache folder only costs the next re-hash)."""
+    try:
+        with file_lock(cache):
+            data = read_json_dict(cache)
+            data[key] = entry
+            atomic_write_text(cache, json.dumps(data, indent=0, sort_keys=True) + "\n")
+    except OSError:
+        pass
+
+
+def files_key(paths: Iterable[Path], *, extra: Mapping[str, Any] | None = None) -> str:
+    """'files:<sha256>' over the cached digests of `paths` (by name) and `extra` (e.g. a config dict)."""
+    parts = {Path(p).name: cached_sha256_file(Path(p)) for p in sorted(paths, key=lambda p: Path(p).name)}
+    return "files:" + hashlib.sha256(json.dumps({"files": parts, "extra": extra or {}}, sort_keys=True,
+                                                default=str).encode()).hexdigest()
 
 
 def onnx_data_path(onnx_path: Path) -> Path:
@@ -44,7 +109,11 @@ def onnx_sha256(onnx_path: Path) -> str:
 
 
 def weights_sha256(module: nn.Module) -> str:
-    """Fingerprint of a module's state (names, dtypes, shapes and bytes of every tensor)."""
+    """Fingerprint of a module's state (names, dtypes, shapes and bytes of every tensor).
+
+    Copies every tensor to the host: for modules built in memory (tests, random benchmark models). Loaded
+    checkpoints are keyed by their files instead (`files_key`), which costs nothing after the first run.
+    """
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
@@ -75,12 +144,7 @@ def write_manifest(artifact: Path, fields: Mapping[str, Any]) -> Path:
 
 def read_manifest(artifact: Path) -> dict[str, Any] | None:
     """The sidecar's fields, or None when it is missing or not valid JSON."""
-    path = manifest_path(artifact)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return read_json_dict(manifest_path(artifact)) or None
 
 
 def differing_fields(expected: Mapping[str, Any], found: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -13,6 +13,7 @@ from export.artifacts import (
     check_against_manifest,
     describe_differences,
     differing_fields,
+    file_stats,
     read_manifest,
     sha256_file,
     stable_key,
@@ -27,7 +28,7 @@ from export.trt_env import TrtEnvironment
 
 log = logging.getLogger(__name__)
 
-ENGINE_FORMAT = 1  # bump when the manifest's meaning changes
+ENGINE_FORMAT = 2  # bump when the manifest's meaning changes (2: strongly typed builds, fp32 norms)
 ENGINE_SUFFIX = ".engine"
 NO_ENGINE = "no engine built yet"
 BuildFn = Callable[[Path, Profile, BuildSettings, "bytes | None"], "tuple[bytes, bytes | None]"]
@@ -54,15 +55,20 @@ def engine_path(engine_dir: Path, fields: dict[str, Any]) -> Path:
     return Path(engine_dir) / f"{fields['network']}.{fields['precision']}.{stable_key(fields)}{ENGINE_SUFFIX}"
 
 
-def stale_reason(path: Path, expected: dict[str, Any], *, verify_sha256: bool = True) -> str | None:
-    """Why the engine at `path` must not be deserialized, or None when its manifest and bytes check out."""
+def stale_reason(path: Path, expected: dict[str, Any], *, verify_sha256: bool = False) -> str | None:
+    """Why the engine at `path` must not be deserialized, or None when its manifest and bytes check out.
+
+    The plan's sha256 is re-read only when its size or mtime differ from the manifest's record (a multi-GB
+    plan is not re-hashed on every load), or always with `verify_sha256` (`engine build --no-build`).
+    """
     reason, manifest = check_against_manifest(path, expected, missing=NO_ENGINE, no_manifest="engine has no manifest")
     if reason is not None:
         return reason if not manifest else f"built for other settings ({reason})"
     size = path.stat().st_size
     if manifest.get("engine_size") != size:
         return f"truncated or half-written: expected {manifest.get('engine_size')} bytes, found {size}"
-    if verify_sha256 and manifest.get("engine_sha256") != sha256_file(path):
+    untouched = manifest.get("engine_stats") == file_stats(path)
+    if (verify_sha256 or not untouched) and manifest.get("engine_sha256") != sha256_file(path):
         return "engine bytes differ from the sha256 in its manifest"
     return None
 
@@ -93,6 +99,7 @@ def ensure_engine(
     settings: BuildSettings,
     env: TrtEnvironment,
     no_build: bool = False,
+    verify_sha256: bool = False,
     timing_cache: Path | None = None,
     build_fn: BuildFn = build_serialized_engine,
 ) -> Path:
@@ -101,10 +108,15 @@ def ensure_engine(
     The check happens before any deserialization. Builds run under a file lock and write to a temp file that is
     renamed into place; a process that waited for the lock re-checks and reuses the winner's engine.
     """
+    graph = (read_manifest(Path(onnx_path)) or {}).get("dtype")
+    if settings.typing == "strong" and graph is not None and graph != settings.precision:
+        raise IncompatibleEngineError(
+            f"{network}: a strongly typed {settings.precision} engine takes its precision from the graph; expected an "
+            f"{settings.precision} ONNX export, found {graph} ({Path(onnx_path).name}): export at that dtype")
     expected = expected_fields(network, onnx_path, geometry, shape, settings, env)
     path = engine_path(engine_dir, expected)
     with file_lock(path):
-        reason = stale_reason(path, expected)
+        reason = stale_reason(path, expected, verify_sha256=verify_sha256)
         if reason is None:
             log.debug("engine %s is current", path.name)
             return path
@@ -130,6 +142,7 @@ def _build_locked(network, onnx_path, path, expected, geometry, shape, settings,
         **expected,
         "engine_size": len(plan),
         "engine_sha256": hashlib.sha256(plan).hexdigest(),
+        "engine_stats": file_stats(path),
         "onnx_file": Path(onnx_path).name,
         "build_seconds": round(seconds, 1),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

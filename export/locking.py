@@ -25,29 +25,54 @@ def lock_path(target: Path) -> Path:
 
 @contextlib.contextmanager
 def file_lock(target: Path, *, timeout_s: float | None = None) -> Iterator[None]:
-    """Hold an exclusive fcntl lock on `target`'s lock file; waits (logging once) while another process has it."""
+    """Hold an exclusive fcntl lock on `target`'s lock file; waits (logging once) while another process has it.
+
+    The holder deletes the lock file before releasing it, so no `.lock` files are left behind; a waiter that
+    then wins the lock on the deleted file notices (the path no longer names its file) and locks afresh.
+    """
     path = lock_path(Path(target))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        start = time.monotonic()
-        waited = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    start = time.monotonic()
+    waited = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    if not waited:
+                        log.info("waiting for %s (another process is writing %s)", path.name, Path(target).name)
+                        waited = True
+                    if timeout_s is not None and time.monotonic() - start > timeout_s:
+                        raise EngineError(f"lock {path}: expected to acquire within {timeout_s:.0f} s, found it still held")
+                    time.sleep(LOCK_POLL_S)
+            if _names_same_file(path, fd):
                 break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if not waited:
-                    log.info("waiting for %s (another process is writing %s)", path.name, Path(target).name)
-                    waited = True
-                if timeout_s is not None and time.monotonic() - start > timeout_s:
-                    raise EngineError(f"lock {path}: expected to acquire within {timeout_s:.0f} s, found it still held")
-                time.sleep(LOCK_POLL_S)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # we locked a file its holder had already deleted: lock the current one
+    try:
         yield
     finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def _names_same_file(path: Path, fd: int) -> bool:
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (found.st_dev, found.st_ino) == (held.st_dev, held.st_ino)
 
 
 def atomic_write(target: Path, write: Callable[[Path], None]) -> Path:

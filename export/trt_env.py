@@ -28,7 +28,8 @@ def trt_unavailable_reason() -> str | None:
     try:
         import tensorrt  # noqa: F401
     except Exception as exc:  # ImportError, or a broken install raising OSError
-        return f"tensorrt not importable ({type(exc).__name__}: {exc}); install the [trt] extra"
+        return (f"tensorrt not importable ({type(exc).__name__}: {exc}); install the [trt] extra "
+                "(pip install -e \".[trt]\"), or use `engine export` and --backend onnxruntime instead")
     return None
 
 

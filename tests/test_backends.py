@@ -185,3 +185,37 @@ def test_engine_bench_cli_reports_every_backend(tmp_path, capsys):
     assert rows["onnxruntime"]["throughput_items_per_s"] > 0
     assert "CUDA" in rows["tensorrt"]["skipped"]  # unavailable backends are reported with the reason
     assert "| audio_encoder | onnxruntime |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.int64, torch.float16, torch.float32])
+def test_onnxruntime_binding_takes_every_mapped_dtype(dtype, tmp_path):
+    """bf16 and int64 tensors bind without numpy (which has no bfloat16): the old maps raised KeyError."""
+    import onnx
+    import onnxruntime
+    from onnx import helper
+
+    from engine.backends.ort_backend import _ORT_TO_TORCH, _TORCH_TO_ONNX, run_bound
+
+    elem = _TORCH_TO_ONNX[dtype]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
+                              [helper.make_tensor_value_info("x", elem, [2, 3])],
+                              [helper.make_tensor_value_info("y", elem, [2, 3])])
+    path = tmp_path / "identity.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert _ORT_TO_TORCH[session.get_inputs()[0].type] == dtype
+    x = (torch.arange(6).reshape(2, 3) * 3 - 4).to(dtype)
+    y = torch.empty_like(x)
+    run_bound(session, {"x": x}, {"y": y}, torch.device("cpu"))
+    assert torch.equal(x, y)
+
+
+def test_bf16_on_onnxruntime_is_a_typed_error_before_any_export(tmp_path):
+    from engine.weights import load_models
+
+    bf16 = load_models("tiny-random", dtype=torch.bfloat16)
+    with pytest.raises(BackendUnavailableError, match="bf16 graph"):
+        create_runners(bf16, "vae=onnxruntime,unet=torch,audio=torch", options=BackendOptions(artifact_dir=tmp_path))
+    assert not any(tmp_path.iterdir())
+    runners = create_runners(bf16, "auto", options=BackendOptions(artifact_dir=tmp_path))  # opted in: rejected, said why
+    assert runners.choice["vae"] == "torch" and runners.choice["unet"] == "torch"

@@ -50,12 +50,39 @@ def tiny_models():
 
 @pytest.fixture(scope="module")
 def exported(tiny_models, tmp_path_factory):
-    """`engine export --model tiny-random --out DIR` run once; the parity tests read its files."""
+    """`engine export --model tiny-random --out DIR` run once (in a private engine cache, where it registers the
+    folder); the tests below read its files instead of exporting again (each dynamo export takes seconds)."""
     from engine.cli import main
 
     out = tmp_path_factory.mktemp("onnx")
-    assert main(["export", "--model", "tiny-random", "--out", str(out), "--device", "cpu"]) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LATENTSYNC_ENGINE_CACHE", str(tmp_path_factory.mktemp("engine-cache")))
+        assert main(["export", "--model", "tiny-random", "--out", str(out), "--device", "cpu"]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def fp16_decoder(tiny_vae, tmp_path_factory):
+    """The tiny VAE's decoder exported in fp16, once."""
+    return export_onnx("vae_decoder", copy.deepcopy(tiny_vae).half(), tmp_path_factory.mktemp("fp16"))
+
+
+def _copy_export(exported, name: str, dest):
+    """A copy of one exported file and its manifest (for tests that change files)."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", ".json"):
+        shutil.copy2(exported / (name + suffix), dest / (name + suffix))
+    return dest / name
+
+
+def _expected(path) -> dict:
+    """The export fields recorded in `path`'s manifest (what a run that made it would expect)."""
+    from export.onnx_export import export_fields
+
+    manifest = json.loads(path.with_name(path.name + ".json").read_text())
+    return {k: manifest[k] for k in export_fields(manifest["network"], torch.float32, "x")}
 
 
 def test_specs_names_axes_and_profiles():
@@ -89,10 +116,11 @@ def test_check_inputs_names_expected_and_found():
         get_spec("text_encoder")
 
 
-def test_export_vae_checker_ir_and_parity_at_new_shapes(tiny_vae, tmp_path):
-    geometry = geometry_of(vae=tiny_vae)
+def test_export_vae_checker_ir_and_parity_at_new_shapes(exported, tiny_models):
+    vae = tiny_models.vae
+    geometry = geometry_of(vae=vae)
     for network in ("vae_encoder", "vae_decoder"):
-        path = export_onnx(network, tiny_vae, tmp_path)
+        path = exported / f"{network}.onnx"
         onnx.checker.check_model(str(path))
         model = onnx.load(str(path))
         assert model.ir_version == IR_VERSION
@@ -100,17 +128,15 @@ def test_export_vae_checker_ir_and_parity_at_new_shapes(tiny_vae, tmp_path):
         assert [o.name for o in model.graph.output] == list(get_spec(network).output_names)
         # traced at batch 2 / 8x8 latents; run at batch 3 / 12x12 (dynamic axes really dynamic)
         feeds = get_spec(network).sample_inputs(geometry, ShapeSettings(batch=3, height=12, width=12), seed=3)
-        for got, want in zip(_ort_run(path, feeds), _torch_run(network, tiny_vae, feeds)):
+        for got, want in zip(_ort_run(path, feeds), _torch_run(network, vae, feeds)):
             assert got.shape == want.shape
             np.testing.assert_allclose(got, want, rtol=0, atol=FP32_ATOL)
 
 
-def test_export_fp16_vae_decoder_tolerance(tiny_vae, tmp_path):
-    half = copy.deepcopy(tiny_vae).half()
-    path = export_onnx("vae_decoder", half, tmp_path)
-    assert path.name == "vae_decoder.fp16.onnx"
+def test_export_fp16_vae_decoder_tolerance(tiny_vae, fp16_decoder):
+    assert fp16_decoder.name == "vae_decoder.fp16.onnx"
     feeds = get_spec("vae_decoder").sample_inputs(geometry_of(vae=tiny_vae), ShapeSettings(batch=2, height=8, width=8))
-    got = _ort_run(path, {k: v.half() for k, v in feeds.items()})[0].astype(np.float32)
+    got = _ort_run(fp16_decoder, {k: v.half() for k, v in feeds.items()})[0].astype(np.float32)
     want = _torch_run("vae_decoder", tiny_vae, feeds)[0]
     err = float(np.abs(got - want).max())
     assert 0 < err < FP16_ATOL, err  # fp16 really ran (non-zero error) and stays within tolerance
@@ -134,13 +160,17 @@ def test_engine_export_tiny_random_matches_pytorch(network, exported, tiny_model
         np.testing.assert_allclose(got, want, rtol=0, atol=FP32_ATOL)
 
 
-def test_ensure_onnx_reuses_current_and_reexports_changed_weights(tiny_vae, tmp_path, caplog):
-    vae = copy.deepcopy(tiny_vae)
-    first = ensure_onnx("vae_decoder", vae, tmp_path)
+def test_ensure_onnx_reuses_current_and_reexports_changed_weights(exported, tiny_models, tmp_path, caplog):
+    from engine.backends import EngineConfig
+    from engine.backends.select import BackendContext
+
+    first = _copy_export(exported, "vae_decoder.onnx", tmp_path)
+    vae = copy.deepcopy(tiny_models.vae)
+    key = BackendContext.of(tiny_models, torch.device("cpu"), EngineConfig()).weights_key("vae")  # as `engine export`
     mtime = first.stat().st_mtime_ns
-    assert ensure_onnx("vae_decoder", vae, tmp_path) == first and first.stat().st_mtime_ns == mtime
+    assert ensure_onnx("vae_decoder", vae, tmp_path, weights_hash=key) == first and first.stat().st_mtime_ns == mtime
     with torch.no_grad():
-        vae.decoder.conv_out.bias.add_(1.0)
+        vae.decoder.conv_out.bias.add_(1.0)  # weights changed in memory: keyed by their tensors now
     assert "weights_sha256" in stale_reason(first, export_fields("vae_decoder", torch.float32, weights_sha256(vae)))
     with caplog.at_level(logging.INFO, logger="export.onnx_export"):
         again = ensure_onnx("vae_decoder", vae, tmp_path)
@@ -156,32 +186,74 @@ def test_export_rejects_unknown_network(tiny_vae, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_large_model_layout_gathers_external_tensors_into_one_data_file(tiny_vae, tmp_path):
+def test_large_model_layout_gathers_external_tensors_into_one_data_file(exported, tiny_models, tmp_path, monkeypatch):
     """Graphs over 2 GiB come from torch as one file per tensor; they are gathered into <name>.onnx.data."""
+    from export import onnx_export
     from export.onnx_export import _finalise
 
-    exported = export_onnx("vae_decoder", tiny_vae, tmp_path / "small")
+    exported = exported / "vae_decoder.onnx"
     raw_dir = tmp_path / "raw"
     raw_dir.mkdir()
     model = onnx.load(str(exported))
     onnx.save_model(model, str(raw_dir / "raw.onnx"), save_as_external_data=True, all_tensors_to_one_file=False,
                     size_threshold=0)
     assert len(list(raw_dir.iterdir())) > 10  # torch's > 2 GiB layout: many files
+    small = tmp_path / "inlined" / "vae_decoder.onnx"
+    small.parent.mkdir()
+    _finalise(raw_dir / "raw.onnx", small, network="vae_decoder", ir_version=IR_VERSION)
+    assert [p.name for p in small.parent.iterdir()] == ["vae_decoder.onnx"]  # small weights: one self-contained file
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)  # as if the weights were over the limit
     dest = tmp_path / "out" / "vae_decoder.onnx"
     dest.parent.mkdir()
     _finalise(raw_dir / "raw.onnx", dest, network="vae_decoder", ir_version=IR_VERSION)
     assert sorted(p.name for p in dest.parent.iterdir()) == ["vae_decoder.onnx", "vae_decoder.onnx.data"]
     onnx.checker.check_model(str(dest))
-    feeds = get_spec("vae_decoder").sample_inputs(geometry_of(vae=tiny_vae), ShapeSettings(batch=1, height=8, width=8))
+    feeds = get_spec("vae_decoder").sample_inputs(geometry_of(vae=tiny_models.vae), ShapeSettings(batch=1, height=8, width=8))
     np.testing.assert_array_equal(_ort_run(dest, feeds)[0], _ort_run(exported, feeds)[0])
+    np.testing.assert_array_equal(_ort_run(small, feeds)[0], _ort_run(exported, feeds)[0])
 
 
-def test_edited_onnx_file_is_stale_but_a_touched_copy_is_not(tiny_vae, tmp_path):
+def test_edited_onnx_file_is_stale_but_a_touched_copy_is_not(exported, tmp_path):
     import os
 
-    path = export_onnx("vae_encoder", tiny_vae, tmp_path)
-    expected = export_fields("vae_encoder", torch.float32, weights_sha256(tiny_vae))
+    path = _copy_export(exported, "vae_encoder.onnx", tmp_path)
+    expected = _expected(path)
     os.utime(path, ns=(1, 1))  # copied elsewhere: new mtime, same bytes
     assert stale_reason(path, expected) is None
     path.write_bytes(path.read_bytes() + b"\0")
     assert "sha256 differs" in stale_reason(path, expected)
+
+
+def test_fp16_graph_keeps_normalisations_in_fp32(tiny_vae, fp16_decoder, exported):
+    """The VAE's GroupNorms export as fp16 InstanceNormalization; the edit computes each of them (and softmax) in fp32."""
+    from export.graph_edits import FP32_OPS, value_types
+
+    path = fp16_decoder
+    manifest = json.loads(path.with_name(path.name + ".json").read_text())
+    assert manifest["fp32_norms"] is True and manifest["fp32_norm_nodes"] > 0
+    model = onnx.load(str(path))
+    types = value_types(model)
+    norms = [n for n in model.graph.node if n.op_type in FP32_OPS]
+    assert {n.op_type for n in norms} >= {"InstanceNormalization", "Softmax"}
+    assert all(types[n.input[0]] == onnx.TensorProto.FLOAT for n in norms)
+    assert types[model.graph.output[0].name] == onnx.TensorProto.FLOAT16  # the graph's interface stays fp16
+    feeds = get_spec("vae_decoder").sample_inputs(geometry_of(vae=tiny_vae), ShapeSettings(batch=2, height=8, width=8))
+    got = _ort_run(path, {k: v.half() for k, v in feeds.items()})[0].astype(np.float32)
+    want = _torch_run("vae_decoder", tiny_vae, feeds)[0]
+    assert np.isfinite(got).all() and float(np.abs(got - want).max()) < FP16_ATOL
+    fp32 = json.loads((exported / "vae_decoder.onnx.json").read_text())
+    assert fp32["fp32_norms"] is True and fp32["fp32_norm_nodes"] == 0  # an fp32 graph is left as exported
+
+
+def test_exporter_choice_is_recorded_and_whisper_graph_follows_its_compute_dtype(tiny_models, tmp_path):
+    from export.onnx_export import EXPORTERS
+
+    encoder = copy.deepcopy(tiny_models.audio_encoder)
+    encoder.compute_dtype = torch.float16  # what a CUDA fp16 run sets (engine.audio.whisper.follow_run_dtype)
+    path = export_onnx("audio_encoder", encoder, tmp_path)
+    assert path.name == "audio_encoder.fp16.onnx"
+    model = onnx.load(str(path))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    manifest = json.loads((tmp_path / (path.name + ".json")).read_text())
+    assert manifest["exporter"] == EXPORTERS["audio_encoder"] == "dynamo" and manifest["dtype"] == "fp16"
+    assert EXPORTERS["unet"] == "torchscript"  # see the reason beside EXPORTERS

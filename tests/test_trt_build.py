@@ -125,8 +125,8 @@ def test_manifestless_and_truncated_engines_are_rebuilt_before_deserializing(onn
     data = bytearray(path.read_bytes())
     data[10] ^= 0xFF  # same size, flipped byte
     path.write_bytes(bytes(data))
-    with pytest.raises(IncompatibleEngineError, match="sha256"):
-        _ensure(onnx_file, builder, no_build=True)
+    with pytest.raises(IncompatibleEngineError, match="sha256"):  # as `engine build --no-build` checks
+        _ensure(onnx_file, builder, no_build=True, verify_sha256=True)
 
 
 def test_failed_build_leaves_no_engine(onnx_file):
@@ -243,3 +243,185 @@ def test_real_trt_engine_matches_torch(tmp_path):
     assert (got - want).abs().max().item() < 5e-2  # FP16 engine vs fp32 torch
     assert ensure_engine("vae_decoder", onnx_path, tmp_path, geometry=geometry, shape=shape,
                          settings=BuildSettings(precision="fp16"), env=detect_environment(), no_build=True) == engine
+
+
+# ------------------------------------------------------------------ the executor's contexts, with a fake runtime
+class _FakeContext:
+    """Reads its inputs from and writes its outputs to the bound addresses, as TensorRT does (CPU memory here)."""
+
+    def __init__(self, engine):
+        self.engine, self.shapes, self.addresses, self.shape_calls, self.device_memory = engine, {}, {}, [], None
+
+    def set_input_shape(self, name, shape):
+        lo, hi = self.engine.profile
+        if not all(a <= s <= b for a, s, b in zip(lo, shape, hi)):
+            return False
+        self.shapes[name] = tuple(shape)
+        self.shape_calls.append(name)
+        return True
+
+    def get_tensor_shape(self, name):  # images = 8x the latents, 3 channels
+        f, _, h, w = self.shapes["latents"]
+        return (f, 3, 8 * h, 8 * w)
+
+    def set_tensor_address(self, name, ptr):
+        self.addresses[name] = ptr
+
+    def set_device_memory(self, ptr, size):
+        self.device_memory = (ptr, size)
+
+    def execute_async_v3(self, stream):
+        import ctypes
+
+        def view(name, shape):
+            count = int(torch.tensor(shape).prod())
+            buffer = (ctypes.c_float * count).from_address(self.addresses[name])
+            return torch.frombuffer(buffer, dtype=torch.float32, count=count).view(shape)
+
+        latents = view("latents", self.shapes["latents"])
+        images = view("images", self.get_tensor_shape("images"))
+        images.copy_(latents[:, :3].repeat_interleave(8, dim=2).repeat_interleave(8, dim=3) * 2 + 1)
+        self.engine.runs.append(self.shapes["latents"])
+        return True
+
+
+class _FakeEngine:
+    num_io_tensors = 2
+    device_memory_size_v2 = 4096
+
+    def __init__(self, profile):
+        self.profile, self.contexts, self.runs = profile, [], []
+
+    def get_tensor_name(self, i):
+        return ("latents", "images")[i]
+
+    def get_tensor_dtype(self, name):
+        return "f32"
+
+    def create_execution_context(self, strategy=None):
+        assert strategy == "user-managed"  # activation memory comes from the executor
+        self.contexts.append(_FakeContext(self))
+        return self.contexts[-1]
+
+
+class _FakeTrt:
+    float32, float16, int32, int64 = "f32", "f16", "i32", "i64"
+
+    class Logger:
+        WARNING = 1
+
+        def __init__(self, level):
+            pass
+
+    class ExecutionContextAllocationStrategy:
+        USER_MANAGED = "user-managed"
+
+    def __init__(self, engine):
+        self.engine = engine
+        outer = self
+
+        class Runtime:
+            def __init__(self, logger):
+                pass
+
+            def deserialize_cuda_engine(self, data):
+                return outer.engine
+
+        self.Runtime = Runtime
+
+
+def test_trt_executor_gives_each_shape_its_own_context_set_once(tmp_path):
+    """Alternating chunk lengths never re-shape a context (a captured CUDA graph would replay stale state)."""
+    from engine.backends.trt_backend import TrtExecutor
+    from engine.errors import InvalidInputError
+
+    plan = tmp_path / "vae_decoder.engine"
+    plan.write_bytes(b"plan")
+    engine = _FakeEngine(profile=((1, 4, 4, 4), (16, 4, 8, 8)))
+    executor = TrtExecutor("vae_decoder", plan, geometry_of(), torch.device("cpu"), runtime_module=_FakeTrt(engine))
+    calls = [torch.randn(f, 4, 4, 4) for f in (16, 5, 16, 5, 3)]
+    for latents in calls:
+        out = executor({"latents": latents})["images"]
+        want = latents[:, :3].repeat_interleave(8, dim=2).repeat_interleave(8, dim=3) * 2 + 1
+        torch.testing.assert_close(out, want, rtol=0, atol=0)
+    assert executor.num_contexts == len(engine.contexts) == 3  # 16, 5 and 3 frames
+    assert [c.shape_calls for c in engine.contexts] == [["latents"]] * 3  # each context shaped exactly once
+    assert len({c.device_memory[0] for c in engine.contexts}) == 1  # one shared activation buffer
+    first = executor({"latents": calls[0]})["images"]
+    first.add_(1.0)  # returned tensors are copies: the next call cannot overwrite what a caller holds
+    assert not torch.equal(first, executor({"latents": calls[0]})["images"])
+    with pytest.raises(InvalidInputError, match="inside the engine's profile"):
+        executor({"latents": torch.randn(17, 4, 4, 4)})
+
+
+def test_builder_strong_typing_leaves_precision_to_the_graph_and_weak_typing_pins_norms():
+    from types import SimpleNamespace
+
+    from export.trt_builder import FP32_LAYER_TYPES, configure_precision, network_flags
+
+    class Config:
+        def __init__(self):
+            self.flags = set()
+
+        def set_flag(self, flag):
+            self.flags.add(flag)
+
+        def clear_flag(self, flag):
+            self.flags.discard(flag)
+
+    class Layer:
+        def __init__(self, name, kind):
+            self.name, self.type, self.num_outputs, self.precision, self.output_types = name, kind, 1, None, {}
+
+        def set_output_type(self, index, dtype):
+            self.output_types[index] = dtype
+
+    trt = SimpleNamespace(
+        __version__="10.8.0", float32="f32",
+        NetworkDefinitionCreationFlag=SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1),
+        BuilderFlag=SimpleNamespace(FP16="FP16", BF16="BF16", TF32="TF32", OBEY_PRECISION_CONSTRAINTS="OBEY"),
+        LayerType=SimpleNamespace(NORMALIZATION="norm", REDUCE="reduce", SOFTMAX="softmax", CONVOLUTION="conv"),
+    )
+    layers = [Layer("conv", "conv"), Layer("gn", "norm"), Layer("mean", "reduce"), Layer("attn", "softmax")]
+    network = SimpleNamespace(num_layers=len(layers), get_layer=lambda i: layers[i])
+    assert network_flags(trt, BuildSettings()) == 1 << 1  # strongly typed
+    strong = Config()
+    assert configure_precision(trt, network, strong, BuildSettings(precision="fp16")) == []
+    assert strong.flags == set() and all(layer.precision is None for layer in layers)  # the graph's casts decide
+    weak = Config()
+    pinned = configure_precision(trt, network, weak, BuildSettings(precision="fp16", typing="weak"))
+    assert pinned == ["gn", "mean", "attn"] and len(FP32_LAYER_TYPES) == 3
+    assert weak.flags == {"FP16", "OBEY"} and layers[1].output_types == {0: "f32"} and layers[0].precision is None
+    assert network_flags(trt, BuildSettings(typing="weak")) == 0
+    old = SimpleNamespace(**{**vars(trt), "NetworkDefinitionCreationFlag": SimpleNamespace(EXPLICIT_BATCH=0)})
+    with pytest.raises(IncompatibleEngineError, match="strongly typed"):
+        network_flags(old, BuildSettings())
+
+
+def test_engine_key_records_typing_and_fp32_norms(onnx_file):
+    base = expected_fields("unet", onnx_file, GEOMETRY, SHAPE, BuildSettings(), ENV)
+    assert base["build_flags"]["typing"] == "strong" and base["build_flags"]["fp32_norms"] is True
+    for other in (BuildSettings(typing="weak"), BuildSettings(fp32_norms=False)):
+        assert engine_path(onnx_file.parent, expected_fields("unet", onnx_file, GEOMETRY, SHAPE, other, ENV)) != \
+            engine_path(onnx_file.parent, base)
+
+
+def test_strongly_typed_engine_needs_an_export_at_its_precision(onnx_file):
+    from export.artifacts import write_manifest
+
+    write_manifest(onnx_file, {"dtype": "fp32"})
+    with pytest.raises(IncompatibleEngineError, match="expected an fp16 ONNX export, found fp32"):
+        _ensure(onnx_file, FakeBuilder(), settings=BuildSettings(precision="fp16"))
+    assert _ensure(onnx_file, FakeBuilder(), settings=BuildSettings(precision="fp32")).exists()
+
+
+def test_plan_bytes_are_reread_only_when_size_or_mtime_changed(onnx_file):
+    path = _ensure(onnx_file, FakeBuilder())
+    stats = path.stat()
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stats.st_atime_ns, stats.st_mtime_ns))  # same size and mtime: the cheap check trusts it
+    assert _ensure(onnx_file, FakeBuilder(), no_build=True) == path
+    with pytest.raises(IncompatibleEngineError, match="sha256"):  # `engine build --no-build` re-reads the bytes
+        _ensure(onnx_file, FakeBuilder(), no_build=True, verify_sha256=True)

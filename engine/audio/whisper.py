@@ -75,7 +75,13 @@ class WhisperAudioEncoder(nn.Module):
     Arithmetic follows OpenAI's encoder (q and k each scaled by d^-0.25, LayerNorm and softmax in fp32,
     positional add promoted to fp32), so feeding an fp16 mel to fp32 weights reproduces the official
     CUDA fp16 encode, and an fp32 mel the CPU one. Any mel length T >= 2 is accepted.
+
+    `compute_dtype` (None: the mel's dtype) is the dtype the encode runs in, whatever dtype callers pass (the
+    result comes back in theirs): the engine sets it to the run dtype on CUDA (`follow_run_dtype`), so the
+    encode is fp16 there as in the official GPU run, and leaves it fp32 on the CPU.
     """
+
+    compute_dtype: torch.dtype | None = None
 
     def __init__(self, dims: dict):
         super().__init__()
@@ -105,12 +111,15 @@ class WhisperAudioEncoder(nn.Module):
         return x + _linear(layer.fc2, hidden)
 
     def forward(self, mel: torch.Tensor, position_offset: int = 0) -> torch.Tensor:
-        """mel [B, 80, T] -> embeddings [B, T//2, 5, C] in mel's dtype.
+        """mel [B, 80, T] -> embeddings [B, T//2, 5, C] in mel's dtype (computed in `compute_dtype` when set).
 
         position_offset: index of the first output position within the 30 s window (streaming callers).
         """
         expect(mel.ndim == 3 and mel.shape[1] == N_MELS, InvalidInputError, "mel shape", f"[B, {N_MELS}, T]",
                tuple(mel.shape))
+        out_dtype = mel.dtype  # an upcast of fp16 results is exact: callers keep the dtype they passed
+        if self.compute_dtype is not None:
+            mel = mel.to(self.compute_dtype)
         n_out = mel.shape[-1] // CONV_STRIDE
         if not torch.compiler.is_compiling():
             expect(n_out >= 1, InvalidInputError, "mel frames", ">= 2", mel.shape[-1])
@@ -125,4 +134,17 @@ class WhisperAudioEncoder(nn.Module):
         for layer in self.encoder.layers:
             x = self._block(layer, x)
             embeddings.append(x)
-        return torch.stack(embeddings, dim=2)  # [B, n, L+1, C]
+        return torch.stack(embeddings, dim=2).to(out_dtype)  # [B, n, L+1, C]
+
+
+def whisper_dtype(device: torch.device | str, run_dtype: torch.dtype) -> torch.dtype | None:
+    """The encode dtype of a run: its dtype on CUDA (the official GPU run encodes in fp16), None (fp32) elsewhere."""
+    return run_dtype if torch.device(device).type == "cuda" and run_dtype != torch.float32 else None
+
+
+def follow_run_dtype(encoder: nn.Module, device: torch.device | str, run_dtype: torch.dtype) -> torch.dtype:
+    """Set `encoder.compute_dtype` for a run on `device` in `run_dtype`; returns the dtype the encode will use."""
+    compute = whisper_dtype(device, run_dtype)
+    if hasattr(encoder, "compute_dtype"):
+        encoder.compute_dtype = compute
+    return compute or torch.float32

@@ -4,13 +4,14 @@ Optional runtimes are imported only when a backend is used, so `import engine.ba
 """
 
 from engine.backends.base import AudioRunner, Executor, Runners, UNetRunner, VaeRunner
+from engine.backends.config import BackendOptions, EngineConfig, resolve_engine_config
 from engine.backends.select import (
     AUTO_ORDER,
     BACKENDS,
     BackendContext,
-    BackendOptions,
     availability,
     create_runners,
+    describe_choice,
     make_executor,
     parse_backend_request,
     select_unet_runner,
@@ -23,14 +24,17 @@ __all__ = [
     "AudioRunner",
     "BackendContext",
     "BackendOptions",
+    "EngineConfig",
     "Executor",
     "Runners",
     "UNetRunner",
     "VaeRunner",
     "availability",
     "create_runners",
+    "describe_choice",
     "make_executor",
     "parse_backend_request",
+    "resolve_engine_config",
     "select_unet_runner",
     "unavailable_reason",
 ]

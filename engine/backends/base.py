@@ -7,8 +7,8 @@ audio encoder), identical for every backend.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol
 
 import torch
 from torch import Tensor
@@ -135,3 +135,4 @@ class Runners:
     vae: VaeRunner
     audio_encoder: AudioRunner
     choice: dict[str, str]  # group -> backend
+    settings: dict[str, Any] = field(default_factory=dict)  # device options in effect, artifacts used (for reports)

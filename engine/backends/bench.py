@@ -6,6 +6,7 @@ import logging
 import os
 import platform
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from engine.backends.base import run_executor
 from engine.backends.select import BACKENDS, BackendContext, make_executor, unavailable_reason
 from export.specs import ShapeSettings, get_spec
+from export.wrappers import graph_dtype
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ def bench_networks(ctx: BackendContext, networks: list[str], backends: list[str]
     rows: list[dict[str, Any]] = []
     for network in networks:
         spec, shape = get_spec(network), shapes[network]
-        dtype = next((p.dtype for p in ctx.modules[_group(network)].parameters()), torch.float32)
+        dtype = graph_dtype(network, ctx.modules[_group(network)])  # whisper: its compute dtype (fp16 on CUDA)
         feeds = spec.sample_inputs(ctx.geometry, shape, dtype=dtype, device=ctx.device, seed=settings.seed)
         if network == "unet_shallow":  # a realistic cached feature: the full pass's output
             feeds["deep_feature"] = _torch_outputs(ctx, "unet", {k: v for k, v in feeds.items() if k != "deep_feature"})["deep_feature"]
@@ -152,7 +154,9 @@ def write_results(rows: list[dict[str, Any]], out: Path, *, extra: dict[str, Any
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine_info(), **(extra or {}), "results": rows}, indent=2) + "\n")
+    command = [Path(sys.executable).name, *sys.argv]
+    out.write_text(json.dumps({"machine": machine_info(), "command": command, **(extra or {}), "results": rows},
+                              indent=2) + "\n")
     if plot:
         _plot(rows, out.with_suffix(".png"))
     return out

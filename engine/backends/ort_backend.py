@@ -1,4 +1,8 @@
-"""ONNX Runtime executor: CPU, CUDA or TensorRT execution providers, torch tensors in and out."""
+"""ONNX Runtime executor: CPU, CUDA or TensorRT execution providers, torch tensors in and out.
+
+Every call binds the torch tensors' memory directly (I/O binding): inputs are read and outputs written in
+place on the run's device, CPU or CUDA, with no host round trip and no numpy copy.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,16 @@ from export.specs import Geometry, get_spec
 
 log = logging.getLogger(__name__)
 
-_ORT_TO_TORCH = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(double)": torch.float64}
+_ORT_TO_TORCH = {
+    "tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(bfloat16)": torch.bfloat16,
+    "tensor(double)": torch.float64, "tensor(int64)": torch.int64, "tensor(int32)": torch.int32,
+    "tensor(bool)": torch.bool, "tensor(uint8)": torch.uint8,
+}
+# torch dtype -> ONNX TensorProto element type, which IOBinding takes for every type (numpy has no bfloat16).
+_TORCH_TO_ONNX = {
+    torch.float32: 1, torch.uint8: 2, torch.int32: 6, torch.int64: 7, torch.bool: 9, torch.float16: 10,
+    torch.float64: 11, torch.bfloat16: 16,
+}
 CUDA_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")  # CPU only for nodes CUDA lacks
 CPU_PROVIDERS = ("CPUExecutionProvider",)
 
@@ -32,6 +45,14 @@ def ort_unavailable_reason(device: torch.device) -> str | None:
     return None
 
 
+def ort_dtype_reason(dtype: torch.dtype) -> str | None:
+    """Why a graph computing in `dtype` cannot run on ONNX Runtime, or None when it can."""
+    if dtype == torch.bfloat16:
+        return ("a bf16 graph: ONNX's Conv has no bfloat16 type before opset 22 and ONNX Runtime has no bf16 "
+                "convolution kernels; use --dtype fp16 (CUDA) or fp32, or --backend torch / compile / tensorrt for bf16")
+    return None
+
+
 def default_providers(device: torch.device) -> list:
     """Provider list for `device` (TensorRT EP only when asked for explicitly through `providers`)."""
     if device.type == "cuda":
@@ -40,7 +61,7 @@ def default_providers(device: torch.device) -> list:
 
 
 class OrtExecutor:
-    """One InferenceSession per network; CUDA runs bind torch tensors directly (no host copies)."""
+    """One InferenceSession per network; every run binds torch tensors directly (no host or numpy copies)."""
 
     backend = "onnxruntime"
 
@@ -59,34 +80,35 @@ class OrtExecutor:
         names = tuple(i.name for i in self.session.get_inputs()), tuple(o.name for o in self.session.get_outputs())
         expect(names == (self.spec.input_names, self.spec.output_names), IncompatibleEngineError,
                f"ONNX {onnx_path} inputs/outputs", (self.spec.input_names, self.spec.output_names), names)
-        self.input_dtypes = {i.name: _ORT_TO_TORCH[i.type] for i in self.session.get_inputs()}
-        self.output_dtypes = {o.name: _ORT_TO_TORCH[o.type] for o in self.session.get_outputs()}
+        self.input_dtypes = {i.name: _ort_dtype(i.type, f"{network} input {i.name}") for i in self.session.get_inputs()}
+        self.output_dtypes = {o.name: _ort_dtype(o.type, f"{network} output {o.name}") for o in self.session.get_outputs()}
         log.debug("%s on onnxruntime providers %s", network, self.session.get_providers())
 
     def __call__(self, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
         settings = self.spec.check_inputs(feeds, self.geometry)
-        if self.device.type != "cuda":
-            arrays = {name: feeds[name].detach().cpu().numpy() for name in self.spec.input_names}
-            outputs = self.session.run(list(self.spec.output_names), arrays)
-            return {name: torch.from_numpy(out) for name, out in zip(self.spec.output_names, outputs)}
-        return self._run_cuda(feeds, self.spec.shapes(self.geometry, settings))
-
-    def _run_cuda(self, feeds: Mapping[str, Tensor], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Tensor]:
-        import numpy as np
-
-        index = self.device.index or 0
-        binding = self.session.io_binding()
-        for name in self.spec.input_names:
-            t = feeds[name]
-            binding.bind_input(name, "cuda", index, _numpy_dtype(t.dtype, np), tuple(t.shape), t.data_ptr())
+        shapes = self.spec.shapes(self.geometry, settings)
+        # a no-op for run_executor's feeds (already cast and placed)
+        inputs = {name: feeds[name].detach().to(self.device, self.input_dtypes[name]).contiguous()
+                  for name in self.spec.input_names}
         outputs = {name: torch.empty(shapes[name], dtype=self.output_dtypes[name], device=self.device)
                    for name in self.spec.output_names}
-        for name, t in outputs.items():
-            binding.bind_output(name, "cuda", index, _numpy_dtype(t.dtype, np), tuple(t.shape), t.data_ptr())
-        torch.cuda.current_stream(self.device).synchronize()  # inputs written by torch kernels are complete
-        self.session.run_with_iobinding(binding)  # synchronous: outputs are ready on return
+        run_bound(self.session, inputs, outputs, self.device)
         return outputs
 
 
-def _numpy_dtype(dtype: torch.dtype, np):  # noqa: ANN001 - numpy imported lazily by the caller
-    return {torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64}[dtype]
+def run_bound(session, inputs: Mapping[str, Tensor], outputs: Mapping[str, Tensor], device: torch.device) -> None:  # noqa: ANN001
+    """Run `session` reading `inputs` and writing `outputs` in place (contiguous torch tensors on `device`)."""
+    kind, index = ("cuda", device.index or 0) if device.type == "cuda" else ("cpu", 0)
+    binding = session.io_binding()
+    for name, t in inputs.items():
+        binding.bind_input(name, kind, index, _TORCH_TO_ONNX[t.dtype], tuple(t.shape), t.data_ptr())
+    for name, t in outputs.items():
+        binding.bind_output(name, kind, index, _TORCH_TO_ONNX[t.dtype], tuple(t.shape), t.data_ptr())
+    if kind == "cuda":
+        torch.cuda.current_stream(device).synchronize()  # ORT runs on its own stream: inputs must be complete
+    session.run_with_iobinding(binding)  # synchronous: outputs are ready on return
+
+
+def _ort_dtype(ort_type: str, what: str) -> torch.dtype:
+    expect(ort_type in _ORT_TO_TORCH, IncompatibleEngineError, f"{what} type", sorted(_ORT_TO_TORCH), ort_type)
+    return _ORT_TO_TORCH[ort_type]

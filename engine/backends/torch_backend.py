@@ -51,7 +51,7 @@ class CompileExecutor(TorchExecutor):
         super().__init__(network, module)
         self.mode = mode or ("reduce-overhead" if self.device.type == "cuda" else "default")
         self._fn = torch.compile(self.module, mode=self.mode, dynamic=False)
-        self._cuda_graphs = self.mode == "reduce-overhead" and self.device.type == "cuda"
+        self._cuda_graphs = self.mode in ("reduce-overhead", "max-autotune") and self.device.type == "cuda"  # both capture
 
     @torch.no_grad()
     def __call__(self, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:

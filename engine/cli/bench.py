@@ -19,7 +19,8 @@ def register(subparsers) -> None:
     p.add_argument("--frames", type=int, default=16, help="frames per chunk (U-Net frames, VAE images)")
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--artifacts", help="artifact folder for ONNX files / engines (default: the engine cache)")
+    p.add_argument("--artifacts", help="artifact folder for ONNX files / engines (default: <engine cache>/bench-artifacts/"
+                                       "<model>, which `engine run` never uses unasked)")
     p.add_argument("--out", default="benchmarks/results/backends.json", help="JSON output (PNG beside it)")
     p.add_argument("--offline", action="store_true")
     p.set_defaults(func=_run)
@@ -27,10 +28,11 @@ def register(subparsers) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from engine.backends.bench import BenchSettings, bench_networks, format_table, write_results
-    from engine.backends.select import BACKENDS, BackendContext, BackendOptions
+    from engine.backends.config import EngineConfig, bench_artifact_dir
+    from engine.backends.select import BACKENDS, BackendContext
     from engine.cli.export import parse_networks
     from engine.errors import InvalidInputError, expect
-    from engine.pipeline.device import choose_placement
+    from engine.pipeline.device import apply_device_options, choose_placement
     from engine.weights import load_models
     from export.specs import ShapeSettings
 
@@ -39,7 +41,9 @@ def _run(args: argparse.Namespace) -> int:
     expect(all(b in BACKENDS for b in backends), InvalidInputError, "--backends", BACKENDS, args.backends)
     placement = choose_placement(args.device, args.dtype)
     models = load_models(args.model, device=placement.device, dtype=placement.dtype, offline=args.offline)
-    ctx = BackendContext.of(models, placement.device, BackendOptions(artifact_dir=args.artifacts))
+    apply_device_options(models, placement.device, placement.dtype)  # as a run has them (whisper dtype on CUDA)
+    artifacts = args.artifacts or bench_artifact_dir(models.name)  # never registered: `run` does not pick these up
+    ctx = BackendContext.of(models, placement.device, EngineConfig(artifact_dir=artifacts))
     latent = models.resolution // 8
     unet_shape = ShapeSettings(batch=args.batch, frames=args.frames, height=latent, width=latent)
     shapes = {"unet": unet_shape, "unet_shallow": unet_shape,

@@ -22,8 +22,12 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16")
     p.add_argument("--backend", default="auto",
-                   help="auto (fastest available, built engines only; logs why others were rejected) | torch | compile"
-                        " | onnxruntime | tensorrt, or per network: unet=tensorrt,vae=torch,audio=torch")
+                   help="auto (eager torch, or the built artifacts `engine export`/`build` registered or --artifacts"
+                        " names; logs its choice) | torch | compile | onnxruntime | tensorrt, or per network:"
+                        " unet=tensorrt,vae=torch,audio=torch")
+    from engine.backends.config import add_artifacts_argument
+
+    add_artifacts_argument(p)
     p.add_argument("--face", default="auto",
                    help="face source: auto | insightface | mediapipe | path to a face-track JSON")
     p.add_argument("--strict-faces", action="store_true", help="fail if any frame has no face (default: pass through)")
@@ -45,8 +49,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.report:
         check_output(args.report, inputs=(("--video", args.video), ("--audio", args.audio), ("--output", args.output)),
                      suffixes=None, what="--report")
+    from engine.backends.config import engine_config_from_args
+
+    engine = engine_config_from_args(args)  # None: the defaults and what `engine build`/`export` registered
     sync = LipSync.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, face=args.face, backend=args.backend, offline=args.offline
+        args.model, device=args.device, dtype=args.dtype, face=args.face, backend=args.backend, offline=args.offline,
+        **({"engine": engine} if engine is not None else {}),
     )
     bar = None
     if not args.no_progress and sys.stderr.isatty():

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -57,3 +58,53 @@ def choose_placement(device: str | None = None, dtype: str | None = None) -> Pla
     placement = Placement(dev, dt, why)
     log.info("device %s, dtype %s (%s)", dev, placement.dtype_name, why)
     return placement
+
+
+@dataclass(frozen=True)
+class DeviceOptions:
+    """CUDA math switches and layouts for a run; each is a measured option (benchmarks/gpu_check.py) and the
+    values in effect are recorded in the run's settings.
+
+    The defaults are what the official run has: torch's own TF32 defaults (matmuls without, cuDNN convolutions
+    with TF32; they only touch fp32 work), no cuDNN autotuning, NCHW VAE weights, and whisper encoding in the
+    run dtype on CUDA (fp16 by default, as the official GPU run) and fp32 on the CPU.
+    """
+
+    tf32: bool | None = None  # None: leave torch's defaults; True/False: both matmul and cuDNN TF32
+    cudnn_benchmark: bool | None = None  # None: torch's default (off)
+    vae_channels_last: bool = False  # VAE weights in channels_last (NHWC convolutions on tensor cores)
+    whisper_run_dtype: bool = True  # whisper encodes in the run dtype on CUDA (official), fp32 on CPU
+
+    def fields(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def apply_device_options(models: Any, device: torch.device | str, dtype: torch.dtype,
+                         options: DeviceOptions = DeviceOptions()) -> dict[str, Any]:
+    """Apply `options` for a run of `models` (engine.weights.LoadedModels) on `device`; returns what is in effect.
+
+    TF32 and cudnn.benchmark are process-wide torch switches: the last run to set them wins, and every run
+    records the values it ran with.
+    """
+    from engine.audio.whisper import follow_run_dtype
+
+    if options.tf32 is not None:
+        torch.backends.cuda.matmul.allow_tf32 = options.tf32
+        torch.backends.cudnn.allow_tf32 = options.tf32
+    if options.cudnn_benchmark is not None:
+        torch.backends.cudnn.benchmark = options.cudnn_benchmark
+    if options.vae_channels_last and getattr(models, "vae", None) is not None:
+        torch.nn.Module.to(models.vae, memory_format=torch.channels_last)  # diffusers' .to takes no memory_format
+    whisper = torch.float32
+    if getattr(models, "audio_encoder", None) is not None:
+        run_dtype = dtype if options.whisper_run_dtype else torch.float32
+        whisper = follow_run_dtype(models.audio_encoder, device, run_dtype)
+    applied = {
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "vae_channels_last": options.vae_channels_last,
+        "whisper_dtype": str(whisper).removeprefix("torch."),
+    }
+    log.debug("device options in effect: %s", applied)
+    return applied

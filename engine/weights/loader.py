@@ -35,6 +35,7 @@ class LoadedModels:
     audio_encoder: torch.nn.Module  # WhisperAudioEncoder (fp32)
     is_random: bool
     unet_config: dict
+    files: ModelFiles | None = None  # what they were loaded from (keys exported artifacts by file digests)
 
 
 def _has_meta(module: torch.nn.Module) -> bool:
@@ -181,5 +182,5 @@ def load_models(name_or_dir: str | os.PathLike, *, device: str | torch.device = 
     log.info("loaded %s (%d px, %s, %s) from %s", files.name, res, dtype, device, files.unet_path.parent)
     return LoadedModels(
         name=files.name, resolution=res, unet=unet, vae=vae, audio_encoder=audio_encoder,
-        is_random=files.is_random, unet_config=dict(files.unet_config),
+        is_random=files.is_random, unet_config=dict(files.unet_config), files=files,
     )
