@@ -17,6 +17,7 @@ from engine.errors import EngineError
 # Order is the order shown in `engine --help`.
 SUBCOMMAND_MODULES = (
     "run",
+    "batch",
     "build",
     "export",
     "bench",

@@ -1,0 +1,57 @@
+"""Connecting to Ray: `local` (a private cluster for this command), `auto` / `ray://...` (an existing one).
+
+Only this module and the runners import `ray`, and only after `engine.extras.require("ray")` has said
+it is installed, so every other command works without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+from engine.errors import InvalidInputError
+from engine.extras import require
+
+log = logging.getLogger(__name__)
+
+DEFAULT = "default"  # `--ray` with no address: Ray's own discovery (RAY_ADDRESS, a running cluster, else a new one)
+
+
+def check_address(address: str) -> str:
+    """'local' | 'auto' | 'default' | 'ray://host:port' | 'host:port' (a head's GCS address)."""
+    ok = address in ("local", "auto", DEFAULT) or address.startswith("ray://") or (
+        ":" in address and address.rsplit(":", 1)[1].isdigit())
+    if not ok:
+        raise InvalidInputError(f"--ray: expected local, auto, ray://HOST:PORT or HOST:PORT, found {address!r}")
+    return address
+
+
+@contextlib.contextmanager
+def connected(address: str, *, what: str) -> Iterator[object]:
+    """Yield the `ray` module connected to `address`; disconnect at the end (a private cluster stops).
+
+    A process already connected (ray.is_initialized(): a test, a notebook) keeps its connection.
+    """
+    require("ray", what=what)
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    check_address(address)
+    kwargs = {"include_dashboard": False, "logging_level": logging.WARNING}
+    if address != DEFAULT:
+        kwargs["address"] = address
+    log.info("connecting to Ray (%s)", address)
+    ray.init(**kwargs)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def cluster_capacity(ray) -> tuple[float, float]:
+    """(CPUs, GPUs) the cluster has in all."""
+    resources = ray.cluster_resources()
+    return float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))

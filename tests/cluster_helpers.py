@@ -1,0 +1,69 @@
+"""Shared inputs for the batch and cluster tests: a cheap local model folder and short cuts of the demo clips.
+
+`micro_model_dir` writes tiny-random's U-Net and whisper files with the narrow random VAE of the
+streaming tests (`stream_helpers.MICRO_VAE`) as a local model directory, so `engine batch --model DIR`
+loads it in every worker exactly as a user's own model folder; the properties under test (equality
+with `engine run`, skipping, retries) do not depend on network sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+FAST = {"steps": 1, "guidance": 1.0, "deepcache": 0, "seed": 7}  # the cheapest settings, as the e2e tests use
+CUT_SECONDS = 0.32  # 8 source frames; 0.32 s of speech -> 10 output frames (one chunk)
+CUT_SIZE = (360, 640)  # small enough to be cheap, large enough for the offline face detector
+
+
+def micro_model_dir(root: Path) -> Path:
+    """A local model folder: tiny-random's U-Net and whisper, a seeded narrow VAE (written once per root)."""
+    import torch
+
+    from engine.models.vae import build_vae, tiny_vae_config
+    from engine.weights import ensure_tiny_random, write_safetensors
+    from stream_helpers import MICRO_VAE
+
+    target = root / "micro-random"
+    if (target / "engine.json").is_file():
+        return target
+    shutil.copytree(ensure_tiny_random(), target, ignore=shutil.ignore_patterns("vae", "engine.json"))
+    config = {**tiny_vae_config(), **MICRO_VAE}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        vae = build_vae(config)
+    (target / "vae").mkdir()
+    (target / "vae" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", **config}))
+    write_safetensors({k: v.detach().clone() for k, v in vae.state_dict().items()},
+                      target / "vae" / "diffusion_pytorch_model.safetensors")
+    (target / "engine.json").write_text(json.dumps({"name": "micro-random", "resolution": 256, "is_random": True}))
+    return target
+
+
+def demo_cuts(media: Path, root: Path, seconds: float = CUT_SECONDS) -> dict[str, tuple[Path, Path]]:
+    """{"demo1": (video.mp4, speech.wav), "demo2": ...}: short H.264 cuts and their 16 kHz speech."""
+    from engine.media import cut_clip, load_audio, write_wav
+
+    cuts = {}
+    for name in ("demo1", "demo2"):
+        video, wav = root / f"{name} cut.mp4", root / f"{name} speech.wav"  # spaces on purpose (R5)
+        if not video.is_file():
+            cut_clip(media / f"{name}_video.mp4", video, seconds=seconds, size=CUT_SIZE)
+            write_wav(wav, load_audio(media / f"{name}_audio.wav")[: round(seconds * 16000)], 16000)
+        cuts[name] = (video, wav)
+    return cuts
+
+
+def write_manifest(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def decoded(path: Path):
+    """(frames uint8 [T,H,W,3], audio float32 [S]) of an mp4, to compare outputs by content."""
+    import numpy as np
+
+    from engine.media import iter_video_frames, load_audio
+
+    return np.stack([f.rgb for f in iter_video_frames(path)]), load_audio(path)
