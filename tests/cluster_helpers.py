@@ -8,11 +8,18 @@ with `engine run`, skipping, retries) do not depend on network sizes.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import shutil
 from pathlib import Path
 
 FAST = {"steps": 1, "guidance": 1.0, "deepcache": 0, "seed": 7}  # the cheapest settings, as the e2e tests use
+# Outputs are compared after decoding. x264 at crf > 0 does not always make the same bitstream from the same
+# frames within one process (seen with the writer's LANCZOS yuv420p conversion at 360 px wide), which would
+# make equal frames decode differently; lossless x264 (crf 0) decodes to exactly the frames it was given.
+LOSSLESS = 0
 CUT_SECONDS = 0.32  # 8 source frames; 0.32 s of speech -> 10 output frames (one chunk)
 CUT_SIZE = (360, 640)  # small enough to be cheap, large enough for the offline face detector
 
@@ -67,3 +74,21 @@ def decoded(path: Path):
     from engine.media import iter_video_frames, load_audio
 
     return np.stack([f.rgb for f in iter_video_frames(path)]), load_audio(path)
+
+
+@contextlib.contextmanager
+def local_cluster(num_cpus: int = 2):
+    """A private Ray cluster on loopback for one test module; always shut down, also on failure."""
+    from engine.cluster.ray_env import private_cluster_environment
+
+    private_cluster_environment()  # loopback only, no usage report (for the processes Ray starts)
+    import ray
+    import ray._private.ray_constants as constants
+
+    constants.ENABLE_RAY_CLUSTER = False  # the same for this process, where ray may be imported already
+    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+        yield ray
+    finally:
+        ray.shutdown()

@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     p.add_argument("--preset", default="reference", choices=["reference", "fast"], help="generation settings")
     p.add_argument("--max-queued-seconds", type=float, default=30.0, help="speech a session may queue")
     p.add_argument("--jpeg-quality", type=int, default=90)
+    from engine.cluster.serving import add_ray_options  # --ray, --replicas, --num-gpus, --num-cpus
+
+    add_ray_options(p)
     p.set_defaults(func=_serve)
 
 
@@ -45,6 +48,10 @@ def _serve(args: argparse.Namespace) -> int:
     for name, path in args.avatar + args.video:  # cheap checks before listening
         if not Path(path).exists():
             raise InvalidInputError(f"source {name}: expected an existing path, found {path}")
+    if args.ray is not None:  # replicas of this server on a Ray cluster (engine.cluster.serving)
+        from engine.cluster.serving import serve_on_ray
+
+        return serve_on_ray(args)
 
     def load():
         from engine.stream import Avatar

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 
 from engine.errors import InvalidInputError
@@ -34,6 +35,8 @@ def connected(address: str, *, what: str) -> Iterator[object]:
     A process already connected (ray.is_initialized(): a test, a notebook) keeps its connection.
     """
     require("ray", what=what)
+    if address == "local":
+        private_cluster_environment()
     import ray
 
     if ray.is_initialized():
@@ -49,6 +52,16 @@ def connected(address: str, *, what: str) -> Iterator[object]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def private_cluster_environment() -> None:
+    """A private single-machine cluster listens on loopback only and sends no usage report.
+
+    Ray binds a new cluster to the machine's network address unless its single-machine mode is on
+    (the variable below; read when `ray` is first imported, and by the processes Ray starts).
+    """
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def cluster_capacity(ray) -> tuple[float, float]:
