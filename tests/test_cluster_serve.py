@@ -82,6 +82,8 @@ async def _start(port: int):
 
 
 def test_a_session_through_serve_returns_the_local_sessions_frames(served):
+    import torch
+
     from engine.pipeline.sdk import LipSync
     from engine.stream import StreamConfig, StreamSession
     from engine.stream.server import decode_frame, encode_frame
@@ -107,10 +109,15 @@ def test_a_session_through_serve_returns_the_local_sessions_frames(served):
 
     sync = LipSync.from_pretrained(str(model), device="cpu", face="mediapipe")
     config = StreamConfig(mode="utterance", realtime=False, sync=fast_settings())
-    with StreamSession(sync, str(cuts["demo1"][0]), config) as session:
-        session.push_audio(speech, end_of_speech=True)
-        session.finish()
-        local = [decode_frame(encode_frame(f)) for f in session.frames(timeout=600)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in each 1-CPU replica (see test_cluster_batch's references)
+    try:
+        with StreamSession(sync, str(cuts["demo1"][0]), config) as session:
+            session.push_audio(speech, end_of_speech=True)
+            session.finish()
+            local = [decode_frame(encode_frame(f)) for f in session.frames(timeout=600)]
+    finally:
+        torch.set_num_threads(threads)
     assert len(remote) == len(local) == 10
     for (header, image), (local_header, local_image) in zip(remote, local):
         assert {k: header[k] for k in ("index", "kind", "utterance_frame", "final", "source_index")} == \

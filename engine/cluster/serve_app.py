@@ -1,9 +1,8 @@
 """The Ray parts of `engine serve --ray` (see engine.cluster.serving): replica actors, the ingress, the app.
 
 Imported only once `engine.extras.require("ray")` has passed: it imports ray, ray.serve and fastapi.
+No `from __future__ import annotations` here: FastAPI must see the real `WebSocket` annotation.
 """
-
-from __future__ import annotations
 
 import asyncio
 import logging
@@ -213,8 +212,8 @@ class StreamIngress:
         await self._session(ws)
 
     async def _session(self, ws: WebSocket) -> None:
-        await self.pool.refresh()
         await ws.accept()
+        await self.pool.refresh()
         replica, reason = self.pool.pick()
         if replica is None:
             await _close(ws, CLOSE_TRY_LATER, reason)
@@ -224,6 +223,9 @@ class StreamIngress:
             await pipe_session(ws, replica.status["url"])
         except (OSError, asyncio.TimeoutError, EngineError) as exc:
             log.warning("replica %s unreachable: %s", replica.name, exc)
+            await _close(ws, CLOSE_TRY_LATER, f"not ready: {replica.name} unreachable")
+        except Exception:
+            log.exception("session via %s failed", replica.name)
             await _close(ws, CLOSE_TRY_LATER, f"not ready: {replica.name} unreachable")
         finally:
             replica.holding -= 1
