@@ -1,9 +1,8 @@
 """Shared inputs for the batch and cluster tests: a cheap local model folder and short cuts of the demo clips.
 
-`micro_model_dir` writes tiny-random's U-Net and whisper files with the narrow random VAE of the
-streaming tests (`stream_helpers.MICRO_VAE`) as a local model directory, so `engine batch --model DIR`
-loads it in every worker exactly as a user's own model folder; the properties under test (equality
-with `engine run`, skipping, retries) do not depend on network sizes.
+`micro_model_dir` writes the benchmarks' micro random model as a local model directory, so `engine batch
+--model DIR` loads it in every worker exactly as a user's own model folder; the properties under test
+(equality with `engine run`, skipping, retries, routing) do not depend on network sizes.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 FAST = {"steps": 1, "guidance": 1.0, "deepcache": 0, "seed": 7}  # the cheapest settings, as the e2e tests use
@@ -22,30 +20,22 @@ FAST = {"steps": 1, "guidance": 1.0, "deepcache": 0, "seed": 7}  # the cheapest 
 LOSSLESS = 0
 CUT_SECONDS = 0.32  # 8 source frames; 0.32 s of speech -> 10 output frames (one chunk)
 CUT_SIZE = (360, 640)  # small enough to be cheap, large enough for the offline face detector
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def micro_model_dir(root: Path) -> Path:
-    """A local model folder: tiny-random's U-Net and whisper, a seeded narrow VAE (written once per root)."""
-    import torch
-
-    from engine.models.vae import build_vae, tiny_vae_config
-    from engine.weights import ensure_tiny_random, write_safetensors
-    from stream_helpers import MICRO_VAE
+    """The benchmarks' micro random model folder (benchmarks/random_models.py), written once per root."""
+    import sys
 
     target = root / "micro-random"
     if (target / "engine.json").is_file():
         return target
-    shutil.copytree(ensure_tiny_random(), target, ignore=shutil.ignore_patterns("vae", "engine.json"))
-    config = {**tiny_vae_config(), **MICRO_VAE}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        vae = build_vae(config)
-    (target / "vae").mkdir()
-    (target / "vae" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", **config}))
-    write_safetensors({k: v.detach().clone() for k, v in vae.state_dict().items()},
-                      target / "vae" / "diffusion_pytorch_model.safetensors")
-    (target / "engine.json").write_text(json.dumps({"name": "micro-random", "resolution": 256, "is_random": True}))
-    return target
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from random_models import write_micro_model
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return write_micro_model(target)
 
 
 def demo_cuts(media: Path, root: Path, seconds: float = CUT_SECONDS) -> dict[str, tuple[Path, Path]]:
