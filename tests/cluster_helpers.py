@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from pathlib import Path
 
 FAST = {"steps": 1, "guidance": 1.0, "deepcache": 0, "seed": 7}  # the cheapest settings, as the e2e tests use

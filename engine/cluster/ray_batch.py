@@ -127,20 +127,12 @@ class _Worker:
 
 
 def _worker_count(ray, options: RayOptions, jobs: int) -> tuple[int, float]:
-    """(actors, GPUs per actor) for this cluster."""
-    from engine.cluster.ray_env import cluster_capacity
+    """(actors, GPUs per actor) for this cluster, never more actors than jobs."""
+    from engine.cluster.ray_env import actor_layout
 
-    cpus, gpus = cluster_capacity(ray)
-    num_gpus = options.num_gpus if options.num_gpus is not None else (1.0 if gpus >= 1 else 0.0)
-    if num_gpus > 0:
-        fit = int(gpus // num_gpus)
-        expect(fit >= 1, InvalidInputError, "--num-gpus", f"at most the cluster's {gpus:g} GPUs", num_gpus)
-    else:
-        fit = max(1, int(cpus // options.num_cpus))
-    workers = options.workers or fit
-    if workers > fit:
-        log.warning("%d workers asked for, the cluster fits %d now; the rest wait for resources", workers, fit)
-    return max(1, min(workers, jobs)), num_gpus
+    count, num_gpus = actor_layout(ray, num_gpus=options.num_gpus, num_cpus=options.num_cpus,
+                                   requested=options.workers)
+    return max(1, min(count, jobs)), num_gpus
 
 
 def _actor_model(model: ModelOptions, num_gpus: float) -> ModelOptions:

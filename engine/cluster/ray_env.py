@@ -64,7 +64,20 @@ def private_cluster_environment() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-def cluster_capacity(ray) -> tuple[float, float]:
-    """(CPUs, GPUs) the cluster has in all."""
+def actor_layout(ray, *, num_gpus: float | None, num_cpus: float, requested: int | None) -> tuple[int, float]:
+    """(actors, GPUs per actor): one per GPU (`num_gpus` each, default 1 where the cluster has GPUs), else one
+    per `num_cpus` CPUs; `requested` overrides the count (beyond what fits, the rest wait for resources)."""
+    from engine.errors import expect
+
     resources = ray.cluster_resources()
-    return float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
+    cpus, gpus = float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
+    per_actor = num_gpus if num_gpus is not None else (1.0 if gpus >= 1 else 0.0)
+    if per_actor > 0:
+        fit = int(gpus // per_actor)
+        expect(fit >= 1, InvalidInputError, "--num-gpus", f"at most the cluster's {gpus:g} GPUs", per_actor)
+    else:
+        fit = max(1, int(cpus // num_cpus))
+    count = requested or fit
+    if count > fit:
+        log.warning("%d actors asked for, the cluster fits %d now; the rest wait for resources", count, fit)
+    return count, per_actor

@@ -14,6 +14,7 @@ from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
 from ray import serve
 
+from engine.cluster.ray_env import actor_layout
 from engine.cluster.serving import ServeSpec
 from engine.errors import EngineError, InvalidInputError
 
@@ -70,25 +71,11 @@ class _Replica:
         return self.down or ("ready" if self.ready else str(self.status.get("reason", "starting")))
 
 
-def replica_layout(spec: ServeSpec) -> tuple[int, float]:
-    """(replicas, GPUs per replica) for the cluster this process is connected to."""
-    resources = ray.cluster_resources()
-    gpus = float(resources.get("GPU", 0.0))
-    num_gpus = spec.num_gpus if spec.num_gpus is not None else (1.0 if gpus >= 1 else 0.0)
-    if num_gpus > 0:
-        fit = int(gpus // num_gpus)
-        if fit < 1:
-            raise InvalidInputError(f"--num-gpus: expected at most the cluster's {gpus:g} GPUs, found {num_gpus:g}")
-    else:
-        fit = max(1, int(float(resources.get("CPU", 1.0)) // spec.num_cpus))
-    return spec.replicas or fit, num_gpus
-
-
 class ReplicaPool:
     """The replicas behind one ingress, their last known states and the sessions the ingress holds on each."""
 
     def __init__(self, spec: ServeSpec) -> None:
-        count, num_gpus = replica_layout(spec)
+        count, num_gpus = actor_layout(ray, num_gpus=spec.num_gpus, num_cpus=spec.num_cpus, requested=spec.replicas)
         self.cap = spec.max_sessions
         actor = ray.remote(StreamReplica).options(num_cpus=spec.num_cpus, num_gpus=num_gpus,
                                                    max_restarts=spec.max_restarts, max_concurrency=4)

@@ -20,6 +20,7 @@ the same application from Ray's own CLI.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import signal
@@ -96,6 +97,12 @@ def serve_on_ray(args: argparse.Namespace) -> int:
     from engine.extras import require
 
     require("ray", what="engine serve --ray")
+    require("serve", what="engine serve --ray")  # websockets: the ingress's connection to each replica
+    if importlib.util.find_spec("fastapi") is None:  # Ray without its [serve] part
+        from engine.extras import MissingExtraError
+
+        raise MissingExtraError('engine serve --ray: expected ray[serve] (the [ray] extra), found fastapi not '
+                                'installed; install it with: pip install -e ".[ray]"')
     address = check_address(args.ray)
     expect(args.port != 0, InvalidInputError, "--port with --ray", "a fixed port (Serve's proxy listens on it)", 0)
     spec = spec_from_args(args)
