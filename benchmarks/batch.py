@@ -4,7 +4,9 @@ Every mode runs as its own `engine` process, so its wall time includes what a us
 start, model loading (once per job for the loop, once per worker otherwise) and, on Ray, starting
 a private local cluster. Reported per mode: wall seconds, start-up seconds (the batch report's
 cluster start + model loading), jobs/hour and frames/s, and the ratio to the `engine run` loop
-measured in the same run. Outputs are lossless (crf 0) and written fresh (--force) every time.
+measured in the same run. Ray gives a 1-CPU actor one torch thread (OMP_NUM_THREADS=1), which on a
+loaded 2-core box is itself much faster than two contending threads, so the loop and the local batch
+also run with OMP_NUM_THREADS=1: compare like with like. Outputs are lossless (crf 0) and written fresh (--force) every time.
 
     python benchmarks/batch.py                      # tiny-random, 4 jobs of 0.32 s cuts of the demo clips
     python benchmarks/batch.py --jobs 8 --seconds 1 --model latentsync-1.6 --device cuda
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--face", default="mediapipe")
     p.add_argument("--jobs", type=int, default=4)
     p.add_argument("--seconds", type=float, default=0.32, help="length of each job's clip and speech")
-    p.add_argument("--modes", default="loop,local,ray1,ray2", help="comma-separated subset")
+    p.add_argument("--modes", default="loop,loop_t1,local,local_t1,ray1,ray2", help="comma-separated subset")
     p.add_argument("--work", help="folder for inputs and outputs (default: a temporary one)")
     p.add_argument("--out", default=str(RESULTS / "batch.json"))
     args = p.parse_args(argv)
@@ -91,9 +93,14 @@ def main(argv: list[str] | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                                      os.environ.get("PYTHONPATH")]))}
     frames_per_job = round(args.seconds * 25) + 2
+    one_thread = {**env, "OMP_NUM_THREADS": "1"}  # what Ray gives a 1-CPU actor
     modes = {
         "loop": ("engine run, one process per job", lambda: run_loop(rows, work / "loop", model_args, env)),
+        "loop_t1": ("engine run loop, OMP_NUM_THREADS=1",
+                    lambda: run_loop(rows, work / "loop_t1", model_args, one_thread)),
         "local": ("engine batch (one process)", lambda: run_batch(rows, work / "local", model_args, env, [])),
+        "local_t1": ("engine batch, OMP_NUM_THREADS=1",
+                     lambda: run_batch(rows, work / "local_t1", model_args, one_thread, [])),
         "ray1": ("engine batch --ray local --workers 1",
                  lambda: run_batch(rows, work / "ray1", model_args, env, ["--ray", "local", "--workers", "1"])),
         "ray2": ("engine batch --ray local --workers 2",
