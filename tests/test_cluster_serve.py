@@ -135,10 +135,12 @@ def test_a_full_cluster_answers_busy_at_once_and_ready_reports_the_replicas(serv
         for ws in held:
             assert json.loads(await asyncio.wait_for(ws.recv(), 120))["type"] == "started"
         status = json.loads(_http(port, "/status")[1])
+        from websockets.asyncio.client import connect
+
         t0 = time.monotonic()
-        ws = await _start(port)
-        with pytest.raises(ConnectionClosed) as info:
-            await asyncio.wait_for(ws.recv(), 30)
+        async with connect(f"ws://127.0.0.1:{port}/stream", open_timeout=60) as ws:  # closed before any message
+            with pytest.raises(ConnectionClosed) as info:
+                await asyncio.wait_for(ws.recv(), 30)
         refused_after = time.monotonic() - t0
         ready_while_full = _http(port, "/ready")
         for ws in held:
