@@ -135,19 +135,19 @@ def test_a_full_cluster_answers_busy_at_once_and_ready_reports_the_replicas(serv
         for ws in held:
             assert json.loads(await asyncio.wait_for(ws.recv(), 120))["type"] == "started"
         status = json.loads(_http(port, "/status")[1])
-        from websockets.asyncio.client import connect
-
         t0 = time.monotonic()
-        async with connect(f"ws://127.0.0.1:{port}/stream", open_timeout=60) as ws:  # closed before any message
-            with pytest.raises(ConnectionClosed) as info:
-                await asyncio.wait_for(ws.recv(), 30)
+        ws = await _start(port)  # as engine serve: the slot is asked for with "start", refused with an error
+        error = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        with pytest.raises(ConnectionClosed) as info:
+            await asyncio.wait_for(ws.recv(), 30)
         refused_after = time.monotonic() - t0
         ready_while_full = _http(port, "/ready")
         for ws in held:
             await ws.close()
-        return status, info.value.rcvd, refused_after, ready_while_full
+        return status, error, info.value.rcvd, refused_after, ready_while_full
 
-    status, rcvd, refused_after, ready_while_full = asyncio.run(client())
+    status, error, rcvd, refused_after, ready_while_full = asyncio.run(client())
+    assert error["type"] == "error" and error["error"] == "QueueFullError" and "try again later" in error["message"]
     assert rcvd.code == 1013 and rcvd.reason.startswith("busy: all 2 ready replicas hold their 1 sessions")
     assert refused_after < 10
     assert ready_while_full == (200, "ready: 2 of 2 replicas, 0 free sessions\n")

@@ -5,6 +5,7 @@ No `from __future__ import annotations` here: FastAPI must see the real `WebSock
 """
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ CLOSE_TRY_LATER = 1013  # the code engine serve uses for "not ready" and "busy"
 STATUS_TIMEOUT_S = 5.0
 STATUS_MAX_AGE_S = 0.5  # a routing decision uses replica states at most this old
 UPSTREAM_OPEN_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 5.0  # a client must send "start" this soon, as engine serve asks
 STREAM_PATHS = ("/", "/stream")
 
 
@@ -117,20 +119,27 @@ class ReplicaPool:
                            for r in self.replicas]}
 
 
-async def pipe_session(ws: WebSocket, url: str) -> None:
-    """Relay one accepted client WebSocket to a replica's server and back; the replica's close code passes through."""
+def _payload(message: dict):
+    data = message.get("bytes")
+    return data if data is not None else message.get("text", "")
+
+
+async def pipe_session(ws: WebSocket, url: str, first: dict) -> None:
+    """Relay one accepted client WebSocket (whose `first` message was read) to a replica's server and back;
+    the replica's close code and reason pass through."""
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
     async with connect(url, max_size=None, open_timeout=UPSTREAM_OPEN_TIMEOUT_S) as upstream:
+        await upstream.send(_payload(first))
+
         async def client_to_replica() -> None:
             while True:
                 message = await ws.receive()
                 if message["type"] == "websocket.disconnect":
                     await upstream.close()
                     return
-                data = message.get("bytes")
-                await upstream.send(data if data is not None else message.get("text", ""))
+                await upstream.send(_payload(message))
 
         async def replica_to_client() -> None:
             try:
@@ -151,6 +160,15 @@ async def pipe_session(ws: WebSocket, url: str) -> None:
             await asyncio.gather(*tasks, return_exceptions=True)
         code, reason = upstream.close_code, upstream.close_reason
     await _close(ws, code or 1000, reason or "")
+
+
+async def _refuse(ws: WebSocket, error: str, message: str, code: int, reason: str) -> None:
+    """engine serve's refusal: {"type": "error", ...}, then the close code."""
+    try:
+        await ws.send_text(json.dumps({"type": "error", "error": error, "message": message}))
+    except (RuntimeError, OSError):
+        return
+    await _close(ws, code, reason)
 
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:
@@ -199,21 +217,34 @@ class StreamIngress:
         await self._session(ws)
 
     async def _session(self, ws: WebSocket) -> None:
+        """As `engine serve`: not ready -> 1013 at once; a slot counts from "start" on; full -> error + 1013."""
         await ws.accept()
+        await self.pool.refresh()
+        if not any(r.ready for r in self.pool.replicas):
+            await _close(ws, CLOSE_TRY_LATER, self.pool.pick()[1])
+            return
+        try:
+            first = await asyncio.wait_for(ws.receive(), START_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            await _refuse(ws, "InvalidInputError", f'first message: expected "start" within {START_TIMEOUT_S:g} s, '
+                          "found none", 1008, "InvalidInputError")
+            return
+        if first["type"] == "websocket.disconnect":
+            return
         await self.pool.refresh()
         replica, reason = self.pool.pick()
         if replica is None:
-            await _close(ws, CLOSE_TRY_LATER, reason)
+            await _refuse(ws, "QueueFullError", f"sessions: expected a replica with a free slot, found {reason}; "
+                          "try again later", CLOSE_TRY_LATER, reason)
             return
         replica.holding += 1
         try:
-            await pipe_session(ws, replica.status["url"])
+            await pipe_session(ws, replica.status["url"], first)
         except (OSError, asyncio.TimeoutError, EngineError) as exc:
             log.warning("replica %s unreachable: %s", replica.name, exc)
             await _close(ws, CLOSE_TRY_LATER, f"not ready: {replica.name} unreachable")
         except Exception:
             log.exception("session via %s failed", replica.name)
-            await _close(ws, CLOSE_TRY_LATER, f"not ready: {replica.name} unreachable")
         finally:
             replica.holding -= 1
 

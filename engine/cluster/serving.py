@@ -5,7 +5,7 @@ actors. Each replica is one `engine serve` server (`engine.stream.server.LipSync
 model, one engine core, its own session cap) on its node; the ingress sends each new session to the
 ready replica with the most free session slots and pipes the connection through unchanged, so
 clients speak exactly `engine serve`'s protocol. When every replica is at its cap the ingress
-answers at once with close code 1013 "busy: ..."; `/live` is the ingress itself, `/ready` is 200
+refuses the session's "start" at once (an error message, then close code 1013 "busy: ..."); `/live` is the ingress itself, `/ready` is 200
 while at least one replica is ready (503 with each replica's reason otherwise), `/status` is JSON.
 
 Why an ingress and not Serve's own router: Serve queues requests beyond `max_ongoing_requests`
