@@ -18,6 +18,7 @@ from engine.errors import EngineError
 # Order is the order shown in `engine --help`.
 SUBCOMMAND_MODULES = (
     "run",
+    "batch",
     "build",
     "export",
     "bench",

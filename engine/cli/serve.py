@@ -42,6 +42,9 @@ def register(subparsers) -> None:
                    help="speech a session may queue before pushes are refused (QueueFullError)")
     p.add_argument("--jpeg-quality", type=int, default=90,
                    help="JPEG quality of the frames sent to clients, 1..100 (default 90)")
+    from engine.cluster.serving import add_ray_options  # --ray, --replicas, --num-gpus, --num-cpus
+
+    add_ray_options(p)
     p.set_defaults(func=_serve)
 
 
@@ -61,6 +64,10 @@ def _serve(args: argparse.Namespace) -> int:
     for name, path in args.avatar + args.video:  # cheap checks before listening
         if not Path(path).exists():
             raise InvalidInputError(f"source {name}: expected an existing path, found {path}")
+    if args.ray is not None:  # replicas of this server on a Ray cluster (engine.cluster.serving)
+        from engine.cluster.serving import serve_on_ray
+
+        return serve_on_ray(args)
     avatars = {name: Avatar(path) for name, path in args.avatar}  # manifests and sizes: typed errors now
     settings = generation_settings(args)
     config = ServerConfig(host=args.host, port=args.port, max_sessions=args.max_sessions,

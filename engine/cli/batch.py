@@ -1,0 +1,97 @@
+"""`engine batch`: lip-sync every job of a manifest (JSONL or CSV), here or on a Ray cluster.
+
+Each line names `video`, `audio`, `output` and optionally `preset`, `steps`, `guidance`, `deepcache`,
+`seed`, `face`, `strict_faces`, `crf` (as `engine run` names them; the options below are the defaults
+for lines that do not set them). Every line is checked before any work; a bad manifest exits 2 naming
+each bad line. Jobs whose outputs are up to date (see `<output>.job.json`) are skipped, so a batch
+can be re-run after an interruption. Exit 0 when no job failed, 1 when some did (see the report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from engine.errors import InvalidInputError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("batch", help="lip-sync every job of a manifest, locally or on Ray",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("manifest", help="jobs, one per line: .jsonl / .ndjson (JSON objects) or .csv (with a header)")
+    model = p.add_argument_group("model and placement (for the whole batch, as in engine run)")
+    model.add_argument("--model", default="latentsync-1.6",
+                       help="latentsync-1.6 (default), latentsync-1.5, a local model directory, or tiny-random")
+    model.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (on Ray: each worker's own GPU)")
+    model.add_argument("--dtype", default="auto", help="auto | fp32 | fp16 | bf16")
+    model.add_argument("--backend", default="auto", help="auto | torch | compile | onnxruntime | tensorrt | per network")
+    model.add_argument("--offline", action="store_true", help="never contact the model hub")
+    jobs = p.add_argument_group("job settings (defaults for lines that do not set them)")
+    jobs.add_argument("--preset", default="reference", choices=["reference", "fast"], help="default: reference")
+    jobs.add_argument("--steps", type=int, help="DDIM steps over the preset's")
+    jobs.add_argument("--guidance", type=float, help="guidance scale over the preset's (<= 1: no CFG)")
+    jobs.add_argument("--deepcache", type=int, help="DeepCache interval over the preset's (0: off)")
+    jobs.add_argument("--seed", type=int, help="seed over the preset's (1247)")
+    jobs.add_argument("--face", default="auto", help="auto | insightface | mediapipe | a face-track JSON")
+    jobs.add_argument("--strict-faces", action="store_true", help="a frame without a face fails its job")
+    jobs.add_argument("--crf", type=int, default=18, help="x264 quality of every output (default 18)")
+    run = p.add_argument_group("running")
+    run.add_argument("--ray", nargs="?", const="default", metavar="ADDRESS",
+                     help="run on Ray: local (a private cluster for this run), auto or ray://HOST:PORT (an existing "
+                          "one); without ADDRESS, Ray's default (RAY_ADDRESS or a running cluster, else a new one)")
+    run.add_argument("--workers", type=int, help="Ray actors (default: one per GPU, else one per --num-cpus CPUs)")
+    run.add_argument("--num-gpus", type=float, help="GPUs per Ray actor (default 1 where the cluster has GPUs, else 0)")
+    run.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per Ray actor (default 1)")
+    run.add_argument("--jobs-per-worker", type=int, default=2,
+                     help="jobs a worker (or this process) holds at once for its engine core to batch (default 2)")
+    run.add_argument("--max-attempts", type=int, default=3,
+                     help="tries per job when the worker running it dies (default 3)")
+    run.add_argument("--force", action="store_true", help="run every job, even those whose outputs are up to date")
+    run.add_argument("--report", help="JSON report path (default: <manifest>.report.json beside the manifest)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_batch)
+
+
+def report_path(args: argparse.Namespace) -> Path:
+    manifest = Path(args.manifest).expanduser().absolute()
+    path = Path(args.report).expanduser().absolute() if args.report else manifest.with_name(
+        manifest.name + ".report.json")
+    if not path.parent.is_dir():
+        raise InvalidInputError(f"--report {path}: expected an existing folder, found no folder {path.parent}")
+    return path
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from engine.cluster.batch import run_batch
+    from engine.cluster.manifest import JobSettings
+    from engine.cluster.options import ModelOptions
+
+    ray = None
+    if args.ray is not None:
+        from engine.extras import require
+
+        require("ray", what="engine batch --ray")
+        from engine.cluster.ray_batch import RayOptions
+        from engine.cluster.ray_env import check_address
+
+        ray = RayOptions(address=check_address(args.ray), workers=args.workers, num_gpus=args.num_gpus,
+                         num_cpus=args.num_cpus, jobs_per_worker=args.jobs_per_worker,
+                         max_attempts=args.max_attempts)
+    report_file = report_path(args)
+    model = ModelOptions(model=args.model, device=args.device, dtype=args.dtype, backend=args.backend,
+                         face=args.face, offline=args.offline)
+    defaults = JobSettings(preset=args.preset, steps=args.steps, guidance=args.guidance, deepcache=args.deepcache,
+                           seed=args.seed, face=args.face, strict_faces=args.strict_faces, crf=args.crf)
+    report = run_batch(args.manifest, model=model, defaults=defaults, ray=ray, force=args.force,
+                       progress=False if args.no_progress else None, in_flight=args.jobs_per_worker)
+    from engine.cluster.fingerprint import FILE_MODE
+    from engine.weights.checkpoints import write_json
+
+    write_json(report.to_json(), report_file)
+    report_file.chmod(FILE_MODE)
+    print(report.summary())
+    print(f"report: {report_file}")
+    sys.stdout.flush()
+    return 0 if report.ok else 1
+

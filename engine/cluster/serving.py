@@ -1,0 +1,129 @@
+"""`engine serve --ray`: the streaming server on a Ray cluster, with the same WebSocket protocol.
+
+Layout: a Ray Serve ingress deployment (HTTP + WebSocket, no GPU) in front of long-lived replica
+actors. Each replica is one `engine serve` server (`engine.stream.server.LipSyncServer`: one loaded
+model, one engine core, its own session cap) on its node; the ingress sends each new session to the
+ready replica with the most free session slots and pipes the connection through unchanged, so
+clients speak exactly `engine serve`'s protocol. When every replica is at its cap the ingress
+refuses the session's "start" at once (an error message, then close code 1013 "busy: ..."); `/live` is the ingress itself, `/ready` is 200
+while at least one replica is ready (503 with each replica's reason otherwise), `/status` is JSON.
+
+Why an ingress and not Serve's own router: Serve queues requests beyond `max_ongoing_requests`
+(at least one per caller), counts health checks against that limit, and cannot refuse at once, so
+"busy" and per-replica caps are decided here, from the sessions the ingress itself holds.
+
+This module needs no `ray`; `engine.cluster.serve_app` (imported only after `require("ray")`) holds
+the Ray parts. `serve run engine.cluster.serve_app:app_builder model=... videos=NAME=PATH` deploys
+the same application from Ray's own CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+
+from engine.cluster.options import ModelOptions
+from engine.errors import InvalidInputError, expect
+from engine.pipeline.config import SyncConfig, resolve_config
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "lipsync-stream"
+
+
+@dataclass(frozen=True)
+class ServeSpec:
+    """Everything a replica needs to build its server, plus how many replicas and where they run."""
+
+    model: ModelOptions
+    videos: tuple[tuple[str, str], ...] = ()  # (name, face video path)
+    avatars: tuple[tuple[str, str], ...] = ()  # (name, prepared avatar folder)
+    sync: SyncConfig = field(default_factory=lambda: resolve_config("reference"))
+    replicas: int | None = None  # None: one per GPU (or per num_cpus CPUs)
+    num_gpus: float | None = None  # per replica; None: 1 where the cluster has GPUs, else 0
+    num_cpus: float = 1.0  # per replica
+    max_sessions: int = 2  # per replica
+    max_queued_seconds: float = 30.0
+    jpeg_quality: int = 90
+    replica_host: str | None = None  # where replicas listen for the ingress; None: their node's IP
+    max_restarts: int = 3  # times Ray restarts a dead replica
+
+    def __post_init__(self) -> None:
+        names = [name for name, _ in self.videos + self.avatars]
+        expect(bool(names) and len(set(names)) == len(names), InvalidInputError, "sources",
+               "at least one, with unique names", names)
+        expect(self.replicas is None or self.replicas >= 1, InvalidInputError, "--replicas", ">= 1", self.replicas)
+        expect(self.max_sessions >= 1, InvalidInputError, "--max-sessions", ">= 1", self.max_sessions)
+        expect(self.num_cpus > 0, InvalidInputError, "--num-cpus", "> 0", self.num_cpus)
+
+    def load(self):
+        """In a replica: (loaded LipSync, {name: Avatar | video path}), as `engine serve` loads them."""
+        from engine.stream import Avatar
+
+        sources: dict = {name: Avatar(path) for name, path in self.avatars}
+        sources.update(dict(self.videos))
+        return self.model.load(), sources
+
+
+def add_ray_options(p: argparse.ArgumentParser) -> None:
+    """`engine serve`'s Ray options (the server options keep their meaning per replica)."""
+    g = p.add_argument_group("on a Ray cluster")
+    g.add_argument("--ray", nargs="?", const="default", metavar="ADDRESS",
+                   help="serve on Ray (Serve ingress + one replica per GPU): local, auto or ray://HOST:PORT; without "
+                        "ADDRESS, Ray's default. --max-sessions is then per replica")
+    g.add_argument("--replicas", type=int, help="replicas (default: one per GPU, else one per --num-cpus CPUs)")
+    g.add_argument("--num-gpus", type=float, help="GPUs per replica (default 1 where the cluster has GPUs, else 0)")
+    g.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica (default 1)")
+
+
+def spec_from_args(args: argparse.Namespace) -> ServeSpec:
+    from engine.cli.avatar import generation_settings  # --preset/--steps/--guidance/--deepcache/--seed
+
+    absolute = lambda pairs: tuple((name, os.path.abspath(path)) for name, path in pairs)  # noqa: E731
+    return ServeSpec(
+        model=ModelOptions(model=args.model, device=args.device, dtype=args.dtype, face=args.face,
+                           backend=getattr(args, "backend", "torch"), offline=args.offline),
+        videos=absolute(args.video), avatars=absolute(args.avatar), sync=generation_settings(args),
+        replicas=args.replicas, num_gpus=args.num_gpus, num_cpus=args.num_cpus, max_sessions=args.max_sessions,
+        max_queued_seconds=args.max_queued_seconds, jpeg_quality=args.jpeg_quality)
+
+
+def serve_on_ray(args: argparse.Namespace) -> int:
+    """Deploy on the cluster at `args.ray`, serve until SIGINT/SIGTERM, then remove the application."""
+    from engine.cluster.ray_env import check_address, connected
+    from engine.extras import require
+
+    require("ray", what="engine serve --ray")
+    require("serve", what="engine serve --ray")  # websockets: the ingress's connection to each replica
+    if importlib.util.find_spec("fastapi") is None:  # Ray without its [serve] part
+        from engine.extras import MissingExtraError
+
+        raise MissingExtraError('engine serve --ray: expected ray[serve] (the [ray] extra), found fastapi not '
+                                'installed; install it with: pip install -e ".[ray]"')
+    address = check_address(args.ray)
+    expect(args.port != 0, InvalidInputError, "--port with --ray", "a fixed port (Serve's proxy listens on it)", 0)
+    spec = spec_from_args(args)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with connected(address, what="engine serve --ray"):
+        from ray import serve
+
+        from engine.cluster.serve_app import build_app
+
+        serve.start(http_options={"host": args.host, "port": args.port})
+        try:
+            serve.run(build_app(spec), name=APP_NAME, route_prefix="/", blocking=False)
+            print(f"serving on ws://{args.host}:{args.port}/stream (live: /live, ready: /ready, status: /status)",
+                  flush=True)
+            stop.wait()
+        finally:
+            serve.delete(APP_NAME)
+            if address == "local":
+                serve.shutdown()
+    return 0
