@@ -184,10 +184,12 @@ class LipSync:
                 produced += 1
                 if progress is not None:
                     progress(produced, plan.num_frames)
+            why = getattr(getattr(faces, "tracker", None), "why_no_face", lambda: "")()  # the detector's reasons
+            why = f" ({why})" if why else ""
             if produced and len(no_face) == produced:
-                raise NoFaceError(f"video: expected a face in at least one frame, found none in {produced} frames")
+                raise NoFaceError(f"video: expected a face in at least one frame, found none in {produced} frames{why}")
             if strict_faces and no_face:
-                raise NoFaceError(f"video: expected a face in every frame, found none in frames {frame_ranges(no_face)}")
+                raise NoFaceError(f"video: expected a face in every frame, found none in frames {frame_ranges(no_face)}{why}")
             if writer is not None:
                 with timer.measure("encode"):
                     writer.close()
