@@ -7,6 +7,8 @@ temporary folder (removed at the end of the run), so tests never read or write t
 mediapipe 0.10.21 wheel on PyPI, hash-checked) are fetched into it at most once per run, by the first test that
 needs them; set `LATENTSYNC_TEST_FACE_MODELS=DIR` to copy them from a folder that already holds them instead
 (a fixture cache: the layout of `<cache>/models`, e.g. an earlier run's or `~/.cache/latentsync-engine/models`).
+The InsightFace pack is never downloaded: `--face auto` falls back to mediapipe in tests (see
+`_no_insightface_download`); InsightFace tests use small ONNX models of the same interface.
 """
 
 from __future__ import annotations
@@ -44,6 +46,20 @@ def pytest_configure(config):
     seed = os.environ.get(FACE_FIXTURE_ENV)
     if seed:
         _seed_face_models(Path(seed).expanduser())
+    _no_insightface_download()
+
+
+def _no_insightface_download() -> None:
+    """`--face auto` in tests uses mediapipe without trying the 280 MB InsightFace pack (non-commercial licence):
+    the cache records the download as failed, as a machine without access would after its first try."""
+    import json
+    import time
+
+    from engine.face.detection import FETCH_FAILED_FILE, models
+
+    record = models.cache_dir() / FETCH_FAILED_FILE
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"time": time.time(), "reason": "tests never download the InsightFace pack"}))
 
 
 def pytest_unconfigure(config):
