@@ -28,6 +28,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from engine.cli.export import load_for_export, parse_networks
+    from engine.errors import BackendUnavailableError
     from export.engines import ensure_engine
     from export.onnx_export import current_onnx
     from export.specs import BuildShape
@@ -37,7 +38,13 @@ def _run(args: argparse.Namespace) -> int:
 
     networks = parse_networks(args.networks)
     settings = BuildSettings(precision=args.precision, optimization_level=args.opt_level, workspace_gib=args.workspace_gib)
-    env = detect_environment()  # BackendUnavailableError before any model is loaded
+    try:
+        env = detect_environment()  # BackendUnavailableError before any model is loaded
+    except BackendUnavailableError as exc:
+        raise BackendUnavailableError(
+            f'{exc}. TensorRT engines need an NVIDIA GPU and the [trt] extra (pip install -e ".[trt]"); without '
+            f"them, `engine export --model {args.model}` writes ONNX files that `engine run --backend onnxruntime` "
+            "runs") from exc
     if args.device == "auto":
         args.device = "cuda"
     models, out_dir, modules = load_for_export(args, "fp16" if args.precision == "fp16" else "fp32")

@@ -21,13 +21,17 @@ The source object holds only its two interpreters (cheap: ~10 ms to create); the
 from __future__ import annotations
 
 import math
+import os
+import sys
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from engine.errors import BackendUnavailableError, InvalidInputError, expect
+from engine.errors import InvalidInputError, expect
 from engine.face.detection import models
 from engine.face.detection.base import (
     FACEMESH_468_GROUPS,
@@ -158,12 +162,10 @@ class MediapipeFaceSource:
         expect(mode in MODES, InvalidInputError, "mediapipe face mode", MODES, mode)
         self.mode = mode
         self.name = "mediapipe" if mode == "video" else "mediapipe-static"
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError as exc:
-            raise BackendUnavailableError(
-                "mediapipe face source: expected the ai-edge-litert package (pip install ai-edge-litert), "
-                f"found {type(exc).__name__}: {exc}") from exc
+        from engine.extras import require
+
+        require("face", what="the mediapipe face source")
+        from ai_edge_litert.interpreter import Interpreter
         detector_path = detector_path or models.ensure(models.MEDIAPIPE_DETECTOR, models.MEDIAPIPE_WHEEL, offline=offline)
         mesh_path = mesh_path or models.ensure(models.MEDIAPIPE_MESH, models.MEDIAPIPE_WHEEL, offline=offline)
         self.thresholds = thresholds
@@ -314,7 +316,7 @@ class _Model:
 
     def __init__(self, interpreter_cls, path, num_threads: int | None) -> None:
         self.interpreter = interpreter_cls(model_path=str(path), num_threads=num_threads)
-        self.interpreter.allocate_tensors()
+        _without_tflite_notice(self.interpreter.allocate_tensors)
         self.input = self.interpreter.get_input_details()[0]["index"]
         self.outputs = [d["index"] for d in self.interpreter.get_output_details()]
 
@@ -322,3 +324,32 @@ class _Model:
         self.interpreter.set_tensor(self.input, np.ascontiguousarray(tensor, dtype=np.float32))
         self.interpreter.invoke()
         return [self.interpreter.get_tensor(i) for i in self.outputs]
+
+
+TFLITE_NOTICE = b"Created TensorFlow Lite XNNPACK delegate"  # printed by the C++ runtime, once per process
+_notice_lock = threading.Lock()
+_notice_seen = False
+
+
+def _without_tflite_notice(allocate) -> None:
+    """Run the first `allocate_tensors()` of the process with the C-level stderr captured, and pass on all of it
+    except TFLite's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." line (noise on every run)."""
+    global _notice_seen
+    with _notice_lock:
+        if _notice_seen:
+            allocate()
+            return
+        _notice_seen = True
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as captured:
+            os.dup2(captured.fileno(), 2)
+            try:
+                allocate()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            captured.seek(0)
+            rest = b"".join(line for line in captured.read().splitlines(keepends=True) if TFLITE_NOTICE not in line)
+        if rest:
+            os.write(2, rest)
