@@ -353,9 +353,12 @@ def _swap(args: list[str], option: str, value: str | None) -> list[str]:
 
 
 def _outputs_to(args: list[str], folder: Path, options=("--output", "--out", "--json", "--report")) -> list[str]:
+    """Every output into `folder` (keeping its name; a table placeholder such as `O` becomes `O.mp4`)."""
     for option in options:
         if option in args:
             name = Path(args[args.index(option) + 1]).name
+            if option == "--output" and not Path(name).suffix:
+                name += ".mp4"
             args = _swap(args, option, str(folder / name))
     return args
 
