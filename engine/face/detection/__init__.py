@@ -107,8 +107,12 @@ def _insightface_skip_reason() -> str | None:
 
 
 def _remember_fetch_failure(reason: str) -> None:
+    import re
+
     from engine.face.detection import models
 
+    cause = re.search(r"(\w+(?:Error|Exception): .*)$", reason)  # 'URLError: <urlopen error ...>' of the long message
+    reason = cause.group(1) if cause else reason
     record = models.cache_dir() / FETCH_FAILED_FILE
     try:
         record.parent.mkdir(parents=True, exist_ok=True)
