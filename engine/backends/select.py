@@ -215,10 +215,8 @@ def create_runners(models, backend: str = AUTO, *, device: torch.device | str | 
             choice[group], executors[group] = wanted, _explicit(wanted, group, ctx)
     if AUTO in request.values():
         chosen = ", ".join(f"{g}={b}" for g, b in choice.items())
-        others = sorted({b for b, _ in rejected})
-        log.info("backend auto: %s%s", chosen, f" (not usable now: {', '.join(others)}; -v says why)" if others else "")
-        if rejected:
-            log.debug("backend auto rejected: %s", _describe(rejected))
+        (log.warning if rejected else log.info)(
+            "backend auto: %s%s", chosen, f"; rejected {_describe(rejected)}" if rejected else "")
     return Runners(
         unet=UNetRunner(executors["unet"]["unet"], executors["unet"]["unet_shallow"]),
         vae=VaeRunner(executors["vae"]["vae_encoder"], executors["vae"]["vae_decoder"]),
