@@ -120,11 +120,16 @@ def extract(text: str) -> list[Printed]:
     outside = text
     for block in reversed(blocks):  # inline spans only from the text outside code blocks
         outside = outside[:block.start()] + "\n" * block.group(0).count("\n") + outside[block.end():]
-    for m in re.finditer(r"^\|\s*`([^`]+)`", outside, re.M):  # first column of a table
-        if INLINE_START.match(m.group(1)):
-            for argv in _split_commands(_optional_parts(m.group(1))):
-                found.append(Printed(tuple(argv), f"README.md:{_lineno(text, m.start())} (table)", "table"))
-    table_spans = {m.start(1) for m in re.finditer(r"^\|\s*`([^`]+)`", outside, re.M)}
+    table_spans = set()  # first cells of command tables (header "| command | ..."): whole command lines
+    for table in re.finditer(r"(?:^\|.*\n?)+", outside, re.M):
+        if table.group(0).split("|")[1].strip().lower() not in ("command", "commands"):
+            continue  # other tables mention commands in prose ("`engine run` once per job"): inline references
+        for m in re.finditer(r"^\|\s*`([^`]+)`", table.group(0), re.M):
+            table_spans.add(table.start() + m.start(1))
+            if INLINE_START.match(m.group(1)):
+                for argv in _split_commands(_optional_parts(m.group(1))):
+                    line = _lineno(text, table.start() + m.start())
+                    found.append(Printed(tuple(argv), f"README.md:{line} (table)", "table"))
     for m in re.finditer(r"`([^`]+)`", outside):
         span = " ".join(m.group(1).split())
         if m.start(1) in table_spans or not INLINE_START.match(span):
@@ -274,11 +279,15 @@ def check_pip(argv: tuple[str, ...]) -> None:
             assert ci == [token], f"the README pins {token}, .ci/run {ci}"
 
 
-def check_pytest(argv: tuple[str, ...]) -> None:
+def check_pytest(argv: tuple[str, ...], inline: bool = False) -> None:
+    """The printed test command is .ci/run's; a pytest line in the text selects declared markers and real files."""
     import tomllib
 
-    ci = _ci_line(r"python -m pytest")
-    assert list(argv) == ci, f"the README's test command {list(argv)} differs from .ci/run's {ci}"
+    if not inline:
+        ci = _ci_line(r"python -m pytest")
+        assert list(argv) == ci, f"the README's test command {list(argv)} differs from .ci/run's {ci}"
+    for path in (a for a in argv[argv.index("pytest") + 1:] if a.startswith("tests/")):
+        assert list(REPO_ROOT.glob(path.split("::")[0])), f"`{' '.join(argv)}`: no test file matches {path}"
     markers = {m.split(":")[0].strip() for m in tomllib.loads(PYPROJECT.read_text())["tool"]["pytest"]["ini_options"]
                ["markers"]}  # fmt: skip
     options = argv[argv.index("pytest") + 1:]
@@ -305,7 +314,7 @@ def test_printed_command_parses(printed: Printed, capsys):
     elif kind == "pip":
         check_pip(argv)
     elif kind == "pytest":
-        check_pytest(argv)
+        check_pytest(argv, inline=printed.kind == "inline")
     elif kind in ("venv", "external"):
         pass  # set-up steps and other programs: nothing of ours to check
     else:
@@ -505,7 +514,13 @@ $ engine batch --ray --jobs jobs.json
 some output line
 ```
 
+| command | what |
+|---|---|
 | `engine serve --ray [--port 8765]` | x |
+
+| mode | s |
+|---|---|
+| `engine run` once per job | 3 |
 
 See `engine eval --sweep` and `benchmarks/unet.py --device cuda`.
 """
@@ -517,6 +532,7 @@ See `engine eval --sweep` and `benchmarks/unet.py --device cuda`.
         ("block", ("cat",)),
         ("block", ("engine", "batch", "--ray", "--jobs", "jobs.json")),
         ("table", ("engine", "serve", "--ray", "--port", "8765")),
+        ("inline", ("engine", "run")),
         ("inline", ("engine", "eval", "--sweep")),
         ("inline", ("benchmarks/unet.py", "--device", "cuda")),
     ]
