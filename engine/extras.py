@@ -15,18 +15,23 @@ from engine.errors import BackendUnavailableError
 
 @dataclass(frozen=True)
 class Extra:
-    """One `pip install -e ".[name]"` extra and the import names that show it is present."""
+    """One `pip install -e ".[name]"` extra and the import names that show it is present.
+
+    `distributions`: pip distributions that must be installed too, where the import name alone cannot tell
+    (onnxruntime-gpu and onnxruntime install the same `onnxruntime` module)."""
 
     name: str
     modules: tuple[str, ...]
     purpose: str
+    distributions: tuple[str, ...] = ()
 
 
 EXTRAS: dict[str, Extra] = {
     extra.name: extra
     for extra in (
         Extra("cpu", ("onnxruntime",), "ONNX Runtime on the CPU (backend onnxruntime, InsightFace faces)"),
-        Extra("gpu", ("onnxruntime",), "ONNX Runtime with CUDA (backend onnxruntime on a GPU)"),
+        Extra("gpu", ("onnxruntime",), "ONNX Runtime with CUDA (backend onnxruntime on a GPU)",
+              distributions=("onnxruntime-gpu",)),
         Extra("trt", ("tensorrt",), "TensorRT engines (engine build, backend tensorrt)"),
         Extra("face", ("ai_edge_litert",), "the offline mediapipe face models"),
         Extra("serve", ("websockets",), "the WebSocket streaming server (engine serve)"),
@@ -41,9 +46,17 @@ class MissingExtraError(BackendUnavailableError):
 
 
 def missing_modules(name: str) -> list[str]:
-    """Import names of extra `name` that cannot be found (without importing them)."""
+    """Import names (and pip distributions) of extra `name` that cannot be found, without importing them."""
+    import importlib.metadata
+
     extra = EXTRAS[name]
-    return [module for module in extra.modules if importlib.util.find_spec(module) is None]
+    missing = [module for module in extra.modules if importlib.util.find_spec(module) is None]
+    for dist in extra.distributions:
+        try:
+            importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(dist)
+    return missing
 
 
 def is_present(name: str) -> bool:

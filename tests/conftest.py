@@ -1,8 +1,21 @@
-"""Shared test setup: golden fixture paths, device markers, deterministic threads."""
+"""Shared test setup: a private cache per test run, golden fixture paths, device markers.
+
+Hermetic caches: before any test module is imported, `LATENTSYNC_ENGINE_CACHE` and `HF_HOME` point into a fresh
+temporary folder (removed at the end of the run), so tests never read or write the user's
+`~/.cache/latentsync-engine` or Hugging Face cache, and subprocesses started by tests inherit the same folder.
+`tiny-random` is generated there on first use. The mediapipe face models (two .tflite files, 1.5 MB, from the
+mediapipe 0.10.21 wheel on PyPI, hash-checked) are fetched into it at most once per run, by the first test that
+needs them; set `LATENTSYNC_TEST_FACE_MODELS=DIR` to copy them from a folder that already holds them instead
+(a fixture cache: the layout of `<cache>/models`, e.g. an earlier run's or `~/.cache/latentsync-engine/models`).
+The InsightFace pack is never downloaded: `--face auto` falls back to mediapipe in tests (see
+`_no_insightface_download`); InsightFace tests use small ONNX models of the same interface.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +25,63 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LATENTSYNC_SHARED", REPO_ROOT.parent / "shared"))
 GOLDEN = SHARED / "golden"
 MEDIA = SHARED / "media"
+ENGINE_CACHE_ENV = "LATENTSYNC_ENGINE_CACHE"
+FACE_FIXTURE_ENV = "LATENTSYNC_TEST_FACE_MODELS"  # a folder holding mediapipe-0.10.21/*.tflite (optional)
+
+_RUN_CACHE: Path | None = None
+_SAVED_ENV: dict[str, str | None] = {}
+
+
+def _set_env(name: str, value: str) -> None:
+    _SAVED_ENV.setdefault(name, os.environ.get(name))
+    os.environ[name] = value
+
+
+def pytest_configure(config):
+    """Point every cache at a private folder before test modules (and huggingface_hub) are imported."""
+    global _RUN_CACHE
+    _RUN_CACHE = Path(tempfile.mkdtemp(prefix="latentsync-engine-tests-"))
+    _set_env(ENGINE_CACHE_ENV, str(_RUN_CACHE))
+    _set_env("HF_HOME", str(_RUN_CACHE / "huggingface"))
+    seed = os.environ.get(FACE_FIXTURE_ENV)
+    if seed:
+        _seed_face_models(Path(seed).expanduser())
+    _no_insightface_download()
+
+
+def _no_insightface_download() -> None:
+    """`--face auto` in tests uses mediapipe without trying the 280 MB InsightFace pack (non-commercial licence):
+    the cache records the download as failed, as a machine without access would after its first try."""
+    import json
+    import time
+
+    from engine.face.detection import FETCH_FAILED_FILE, models
+
+    record = models.cache_dir() / FETCH_FAILED_FILE
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"time": time.time(), "reason": "tests never download the InsightFace pack"}))
+
+
+def pytest_unconfigure(config):
+    for name, value in _SAVED_ENV.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    if _RUN_CACHE is not None:
+        shutil.rmtree(_RUN_CACHE, ignore_errors=True)
+
+
+def _seed_face_models(source: Path) -> None:
+    """Copy the mediapipe model files from a fixture cache (only files whose hash matches are kept)."""
+    from engine.face.detection import models
+
+    for model in models.MEDIAPIPE_WHEEL.members.values():
+        src = source / model.name
+        if src.is_file() and models.sha256_of(src) == model.sha256:
+            dst = models.cache_dir() / model.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
 
 
 def _has_cuda() -> bool:
@@ -35,6 +105,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_cuda)
         if "requires_trt" in item.keywords and not trt:
             item.add_marker(skip_trt)
+
+
+@pytest.fixture(scope="session")
+def engine_cache() -> Path:
+    """This run's private engine cache (LATENTSYNC_ENGINE_CACHE)."""
+    return Path(os.environ[ENGINE_CACHE_ENV])
 
 
 @pytest.fixture(scope="session")

@@ -440,15 +440,26 @@ def test_blazeface_anchors_and_weighted_nms():
     assert out[0][1][0, 0] == pytest.approx((0.9 * 0.2 + 0.6 * 0.3) / 1.5)
 
 
-@pytest.fixture(scope="module")
-def mediapipe_source():
+def _mediapipe(spec: str):
     pytest.importorskip("ai_edge_litert")
     try:
-        return make_face_source("mediapipe")
+        return make_face_source(spec)
     except CheckpointError as exc:
         if "could not fetch" in str(exc):
             pytest.skip(f"mediapipe models not cached and PyPI unreachable: {exc}")
         raise
+
+
+@pytest.fixture(scope="module")
+def mediapipe_source():
+    """Static mode (detection on every frame): mediapipe's static_image_mode, what the golden landmarks used."""
+    return _mediapipe("mediapipe-static")
+
+
+@pytest.fixture(scope="module")
+def mediapipe_video():
+    """The default: mediapipe's video mode (tracking from the previous frame's landmarks)."""
+    return _mediapipe("mediapipe")
 
 
 @pytest.fixture(scope="module")
@@ -607,18 +618,202 @@ def test_model_fetch_over_http_reads_only_the_members(tmp_path, ranges):
 
 
 
-def test_auto_falls_back_to_mediapipe_when_insightface_cannot_be_fetched(mediapipe_source, monkeypatch, caplog):
+@pytest.fixture()
+def private_face_cache(mediapipe_source, tmp_path, monkeypatch):
+    """A face-model cache of this test's own holding the mediapipe files (so no record of another test leaks in)."""
+    import shutil
+
+    cache = tmp_path / "face-cache"
+    for model in models.MEDIAPIPE_WHEEL.members.values():
+        (cache / model.name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(models.cache_dir() / model.name, cache / model.name)
+    monkeypatch.setenv(models.CACHE_ENV, str(cache))
+    return cache
+
+
+def test_auto_falls_back_to_mediapipe_and_remembers_a_failed_download(private_face_cache, monkeypatch, caplog):
+    import engine.face.detection as detection
     from engine.face.detection.mediapipe import MediapipeFaceSource
 
     fetch = models.fetch_members
+    attempts = []
 
     def no_network_for_insightface(archive, root):
         if any("insightface" in url for url in archive.urls):
-            raise CheckpointError(f"{archive.urls[0]}: expected a download, found no network")
+            attempts.append(archive.urls[0])
+            raise CheckpointError(f"could not fetch {sorted(archive.members)}: {archive.urls[0]}: no network")
         return fetch(archive, root)
 
     monkeypatch.setattr(models, "fetch_members", no_network_for_insightface)
-    with caplog.at_level("INFO", logger="engine.face.detection"):
+    monkeypatch.setattr(detection, "_logged_fallbacks", set())
+    with caplog.at_level("DEBUG", logger="engine.face.detection"):
         source = make_face_source("auto")
-    assert isinstance(source, MediapipeFaceSource)
-    assert "InsightFace unavailable" in caplog.text and "no network" in caplog.text
+        assert isinstance(source, MediapipeFaceSource) and source.video_mode
+        assert len(attempts) == 1 and "no network" in caplog.text
+        # the failure is remembered in the cache: the next runs neither retry nor repeat the INFO line
+        monkeypatch.setattr(detection, "_logged_fallbacks", set())  # as in a new process
+        caplog.clear()
+        assert isinstance(make_face_source("auto"), MediapipeFaceSource)
+        assert isinstance(make_face_source("auto"), MediapipeFaceSource)
+    assert len(attempts) == 1
+    infos = [r for r in caplog.records if r.levelname == "INFO" and "face source auto" in r.getMessage()]
+    assert len(infos) == 1 and "download failed" in infos[0].getMessage() and "--face insightface" in infos[0].getMessage()
+    # an explicit request always tries, and a record older than the retry period is ignored
+    with pytest.raises(CheckpointError, match="could not fetch"):
+        make_face_source("insightface")
+    assert len(attempts) == 2
+    record = private_face_cache / detection.FETCH_FAILED_FILE
+    record.write_text(json.dumps({"time": 0, "reason": "long ago"}))
+    make_face_source("auto")
+    assert len(attempts) == 3
+
+
+def test_tests_use_a_private_cache(engine_cache):
+    from engine.weights import engine_cache_dir
+
+    home = Path.home() / ".cache" / "latentsync-engine"
+    assert engine_cache_dir() == engine_cache and models.cache_dir() == engine_cache
+    assert home not in engine_cache.parents and engine_cache != home
+
+
+# ----------------------------------------------------------------------------------------------- video mode (R11, 5)
+def test_video_mode_tracks_from_the_previous_landmarks(mediapipe_source, mediapipe_video, demo1_frames):
+    frames = list(enumerate(demo1_frames[:12]))
+    calls = []
+
+    class Counting:  # the video source, counting detector runs
+        name, video_mode = "counting", True
+
+        def detect_all(self, i, rgb):
+            calls.append(i)
+            return mediapipe_video.detect_all(i, rgb)
+
+        def track(self, rgb, previous):
+            return mediapipe_video.track(rgb, previous)
+
+    track = FaceTracker(Counting()).scan(frames)
+    assert calls == [0] and [r.how for r in track.results] == ["detected"] + ["tracked"] * 11
+    static = FaceTracker(mediapipe_source).scan(frames)
+    assert [r.how for r in static.results] == ["detected"] * 12
+    brow = np.linalg.norm(static.landmarks3()[:, 1] - static.landmarks3()[:, 0], axis=-1).min()
+    assert np.abs(track.landmarks3() - static.landmarks3()).max() <= 0.3 * brow  # the same face (static jitters)
+    # streaming update and scan agree; a fresh tracker over the same source starts over (no state in the source)
+    tracker = FaceTracker(mediapipe_video)
+    streamed = np.stack([tracker.update(i, rgb).landmarks3 for i, rgb in frames])
+    np.testing.assert_array_equal(streamed, FaceTracker(mediapipe_video).scan(frames).landmarks3())
+
+
+def test_video_mode_detects_again_when_tracking_is_lost(mediapipe_video, demo1_frames):
+    blank = np.zeros_like(demo1_frames[0])
+    frames = list(enumerate([demo1_frames[0], demo1_frames[1], blank, blank, demo1_frames[4], demo1_frames[5]]))
+    track = FaceTracker(mediapipe_video).scan(frames)
+    assert [r.how for r in track.results] == ["detected", "tracked", "none", "none", "detected", "tracked"]
+    assert track.no_face_ranges == [(2, 4)] and track.no_face[0].reason == "no face detected"
+
+
+def _roll(frame, centre, degrees, scale=1.0, shift=(0.0, 0.0)):
+    import cv2
+
+    m = cv2.getRotationMatrix2D(centre, degrees, scale)
+    m[:, 2] += shift
+    return cv2.warpAffine(frame, m, (frame.shape[1], frame.shape[0]), flags=cv2.INTER_LINEAR), m
+
+
+def test_video_mode_follows_known_motion(mediapipe_source, mediapipe_video, demo1_frames):
+    """One real frame warped by known similarities (the head rolls to 21 deg and back while it moves and scales):
+    the truth is the first frame's points moved by the same warps. benchmarks/face_track.py compares the modes."""
+    base = mediapipe_source.detect(0, demo1_frames[0]).landmarks3.astype(np.float64)
+    centre = tuple(base.mean(axis=0))
+    steps = [3 * k for k in range(8)] + [3 * k for k in range(6, -1, -1)]  # 0..21..0 deg
+    warped = [_roll(demo1_frames[0], centre, a, 1 + a / 150, (2 * a, -a)) for a in steps]
+    truth = np.stack([base @ m[:, :2].T + m[:, 2] for _, m in warped])
+    track = FaceTracker(mediapipe_video).scan([(i, f) for i, (f, _) in enumerate(warped)])
+    assert [r.how for r in track.results] == ["detected"] + ["tracked"] * (len(steps) - 1)
+    error = np.linalg.norm(track.landmarks3() - truth, axis=-1).mean(axis=1)  # [T] px; the brows are ~100 px apart
+    assert error.max() <= 8.0, error
+    angle = np.degrees(np.arctan2(*(track.landmarks3()[:, 1] - track.landmarks3()[:, 0]).T[::-1]))
+    truth_angle = np.degrees(np.arctan2(*(truth[:, 1] - truth[:, 0]).T[::-1]))
+    assert np.abs(angle - truth_angle).max() <= 2.5
+
+
+@pytest.fixture(scope="module")
+def two_faces(demo1_frames, media):
+    """R11: demo1's and demo2's speakers side by side; the left one shrinks while the right one grows."""
+    import cv2
+
+    from engine.media import iter_video_frames
+
+    n = 12
+    second = [f.rgb for f in iter_video_frames(media / "demo2_video.mp4", max_frames=n)]
+    frames = []
+    for i in range(n):
+        canvas = np.full((320, 640, 3), 40, np.uint8)
+        big, small = 310 - 12 * i, 178 + 12 * i  # tile sides: 310 -> 178 px and 178 -> 310 px (equal at frame 5.5)
+        # (frame, tile side, tile centre x, square around the speaker's face: centre x, centre y, side)
+        for rgb, side, cx, (fx, fy, fs) in ((demo1_frames[i], big, 160, (595, 730, 460)),
+                                            (second[i], small, 480, (550, 480, 560))):
+            tile = cv2.resize(rgb[fy - fs // 2:fy + fs // 2, fx - fs // 2:fx + fs // 2], (side, side),
+                              interpolation=cv2.INTER_AREA)
+            top = (320 - side) // 2
+            canvas[top:top + side, cx - side // 2:cx - side // 2 + side] = tile
+        frames.append((i, canvas))
+    return frames
+
+
+@pytest.mark.parametrize("spec", ["mediapipe", "mediapipe-static"])
+def test_two_real_faces_swapping_sizes_keep_the_target(two_faces, spec, mediapipe_source):
+    source = make_face_source(spec)
+    largest = [source.detect(i, rgb) for i, rgb in two_faces]
+    assert largest[0].center[0] < 320 and largest[-1].center[0] > 320  # per-frame largest switches person
+    for target_box, left in ((None, True), ((420, 90, 540, 220), False)):  # default: the largest at the start
+        track = FaceTracker(make_face_source(spec), target_box=target_box).scan(two_faces)
+        assert not track.no_face_ranges
+        sides = [r.observation.center[0] < 320 for r in track.results]
+        assert sides == [left] * len(two_faces), (target_box, sides)
+
+
+def test_user_boxes_in_a_track_file_are_honoured(two_faces, mediapipe_video, tmp_path):
+    right = [(330, 10, 630, 310)] * len(two_faces)  # the right half: the growing speaker
+    path = tmp_path / "boxes.json"
+    path.write_text(json.dumps({"frames": [{"index": i, "box": list(b)} for i, b in enumerate(right)]}))
+    track = FaceTracker(make_face_source(str(path), landmarker=mediapipe_video)).scan(two_faces)
+    assert all(r.observation.center[0] > 320 for r in track.results)
+
+
+# ----------------------------------------------------------------------------------------------- no-face reasons (11.11)
+def test_no_face_reasons_say_why(mediapipe_source, demo1_frames):
+    import cv2
+
+    frame = demo1_frames[0]
+    tiny = cv2.resize(frame, (frame.shape[1] // 6, frame.shape[0] // 6), interpolation=cv2.INTER_AREA)
+    assert mediapipe_source.detect_all(0, tiny).no_face_reason().startswith("face too small: ")
+    cut = mediapipe_source.detect_all(0, frame[:, 560:]).no_face_reason()  # half the face beyond the left edge
+    assert "score" in cut and "partly out of frame" in cut, cut
+    assert mediapipe_source.detect_all(0, np.zeros_like(frame)).no_face_reason() == "no face detected"
+    with pytest.raises(NoFaceError, match=r"any of the 3 frames \(face too small: .* \(3 frames\)\)"):
+        FaceTracker(mediapipe_source).scan([(i, tiny) for i in range(3)])
+
+
+def test_insightface_names_a_low_score(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from engine.face.detection.insightface import InsightFaceSource
+
+    det, lmk = tmp_path / "det.onnx", tmp_path / "lmk.onnx"
+    _scrfd_model(det, {16: {PROBE_ANCHOR: (0.0, [5, 6, 5, 9])}})  # only the probe face, scored by its pixel
+    _landmark_model(lmk, np.zeros(212))
+    source = InsightFaceSource(detector_path=det, landmark_path=lmk, providers=["CPUExecutionProvider"])
+    dim = int(round(0.3 * 128 + 127.5))  # blob value 0.3 -> score 0.30
+    assert source.detect_all(0, _probe_frame(blue=dim)).no_face_reason() == "face score 0.30 below the detector's 0.5"
+    assert source.detect_all(0, _probe_frame(blue=0)).no_face_reason() == "no face detected"
+    assert source.detect(0, _probe_frame(blue=255)) is not None
+
+
+def test_the_sdk_no_face_error_carries_the_reason(demo1_frames):
+    import cv2
+
+    from engine.pipeline.sdk import LipSync
+
+    tiny = cv2.resize(demo1_frames[0], (180, 320), interpolation=cv2.INTER_AREA)
+    sync = LipSync.from_pretrained("tiny-random", device="cpu", face="mediapipe")
+    with pytest.raises(NoFaceError, match="face too small"):
+        sync(np.stack([tiny] * 4), np.zeros(4 * 640, np.float32), steps=1, guidance=1.0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 from engine.cli.signals import Terminated, exit_status, terminate_like_interrupt
@@ -52,10 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    from engine.cli.logs import configure
+
+    configure(verbose=args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -17,12 +17,15 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16")
     p.add_argument("--batch", type=int, default=2, help="U-Net batch (2 = classifier-free guidance)")
     p.add_argument("--frames", type=int, default=16, help="frames per chunk (U-Net frames, VAE images)")
-    p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=int, default=5, help="timed calls per network and backend (median reported)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed calls after the first (the first call is timed apart: export, compile, capture)")
     p.add_argument("--artifacts", help="artifact folder for ONNX files / engines (default: <engine cache>/bench-artifacts/"
                                        "<model>, which `engine run` never uses unasked)")
     p.add_argument("--out", default="benchmarks/results/backends.json", help="JSON output (PNG beside it)")
-    p.add_argument("--offline", action="store_true")
+    p.add_argument("--offline", action="store_true", help="never contact the model hub (use cached weights)")
+    p.add_argument("--no-plot", action="store_true", help="no PNG (the plot needs matplotlib: the [plot] extra)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
 
 
@@ -31,11 +34,15 @@ def _run(args: argparse.Namespace) -> int:
     from engine.backends.config import EngineConfig, bench_artifact_dir
     from engine.backends.select import BACKENDS, BackendContext
     from engine.cli.export import parse_networks
+    from engine.cli.progress import progress_bar
     from engine.errors import InvalidInputError, expect
+    from engine.extras import require
     from engine.pipeline.device import apply_device_options, choose_placement
     from engine.weights import load_models
     from export.specs import ShapeSettings
 
+    if not args.no_plot:
+        require("plot", what="engine bench's plot (or --no-plot)")
     networks = parse_networks(args.networks)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     expect(all(b in BACKENDS for b in backends), InvalidInputError, "--backends", BACKENDS, args.backends)
@@ -50,9 +57,14 @@ def _run(args: argparse.Namespace) -> int:
               "vae_encoder": ShapeSettings(batch=args.frames, height=latent, width=latent),
               "vae_decoder": ShapeSettings(batch=args.frames, height=latent, width=latent),
               "audio_encoder": ShapeSettings(batch=1)}
-    rows = bench_networks(ctx, networks, backends, shapes, BenchSettings(warmup=args.warmup, iters=args.iters),
-                          label=models.name)
-    out = write_results(rows, args.out, extra={"settings": vars(args) | {"func": None}})
+    rows = []
+    with progress_bar(total=len(networks), desc="bench", unit="network", enabled=not args.no_progress) as bar:
+        for network in networks:  # one network at a time: the bar moves, results are the same
+            bar.describe(f"bench {network}")
+            rows += bench_networks(ctx, [network], backends, shapes,
+                                   BenchSettings(warmup=args.warmup, iters=args.iters), label=models.name)
+            bar.update()
+    out = write_results(rows, args.out, extra={"settings": vars(args) | {"func": None}}, plot=not args.no_plot)
     print(format_table(rows))
     print(f"wrote {out}")
     return 0

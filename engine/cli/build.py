@@ -53,13 +53,20 @@ def _run(args: argparse.Namespace) -> int:
     from engine.backends.config import register_artifacts
     from engine.backends.select import GROUP_OF
     from engine.cli.export import load_for_export, parse_networks
+    from engine.errors import BackendUnavailableError
     from export.engines import ensure_engine
     from export.onnx_export import current_onnx
     from export.trt_env import detect_environment
 
     networks = parse_networks(args.networks)
     config = build_config(args)
-    env = detect_environment()  # BackendUnavailableError before any model is loaded
+    try:
+        env = detect_environment()  # BackendUnavailableError before any model is loaded
+    except BackendUnavailableError as exc:
+        raise BackendUnavailableError(
+            f'{exc}. TensorRT engines need an NVIDIA GPU and the [trt] extra (pip install -e ".[trt]"); without '
+            f"them, `engine export --model {args.model}` writes ONNX files that `engine run --backend onnxruntime` "
+            "runs") from exc
     if args.device == "auto":
         args.device = "cuda"
     models, ctx, modules = load_for_export(args, args.precision, config)

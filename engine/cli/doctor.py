@@ -1,4 +1,10 @@
-"""`engine doctor`: what this machine can run, and why not."""
+"""`engine doctor`: what this machine can run, and why not.
+
+Only what is usable here is listed as usable: an ONNX Runtime wheel lists its CUDA and TensorRT providers on
+any machine, so they are reported as "listed but unusable" (with the reason) when there is no CUDA device.
+Caches are inspected without touching the network, and nothing is reported as "offline" unless the user
+asked for it (HF_HUB_OFFLINE).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,12 @@ import json
 import os
 import platform
 
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("doctor", help="report what this machine can run and why not", description=__doc__)
+    p = subparsers.add_parser("doctor", help="report what this machine can run and why not", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_run)
 
@@ -42,18 +51,44 @@ def collect() -> dict:
     else:
         cuda["why_not"] = "no CUDA device visible to torch" if torch.version.cuda else "CPU-only torch build"
     report["cuda"] = cuda
-    ort_version, ort_err = _module_version("onnxruntime")
-    report["onnxruntime"] = {"version": ort_version, "why_not": ort_err}
-    if ort_version:
-        import onnxruntime
-
-        report["onnxruntime"]["providers"] = onnxruntime.get_available_providers()
+    report["onnxruntime"] = _onnxruntime(cuda)
     for name in ("tensorrt", "triton", "ai_edge_litert"):
         version, err = _module_version(name)
         report[name] = {"version": version, "why_not": err}
+    report["extras"] = _extras()
     report["backends"] = _backends()
+    report["offline"] = _offline()
     report["models"] = _models()
+    report["face_models"] = _face_models()
     return report
+
+
+def _onnxruntime(cuda: dict) -> dict:
+    """Version and providers, split into usable here and listed-but-unusable (with why)."""
+    version, err = _module_version("onnxruntime")
+    out: dict = {"version": version, "why_not": err}
+    if version is None:
+        return out
+    import onnxruntime
+
+    listed = onnxruntime.get_available_providers()
+    unusable = {}
+    for provider in listed:
+        if provider in GPU_PROVIDERS and not cuda["available"]:
+            unusable[provider] = f"listed by the wheel, but {cuda['why_not']}"
+        elif provider == "TensorrtExecutionProvider" and importlib.util.find_spec("tensorrt") is None:
+            unusable[provider] = "listed by the wheel, but the TensorRT libraries are not installed (the [trt] extra)"
+        elif provider == "AzureExecutionProvider":
+            unusable[provider] = "remote inference on Azure, not used by this engine"
+    out["providers"] = [p for p in listed if p not in unusable]
+    out["providers_unusable"] = unusable
+    return out
+
+
+def _extras() -> dict:
+    from engine.extras import status
+
+    return status()
 
 
 def _backends() -> dict:
@@ -64,19 +99,71 @@ def _backends() -> dict:
     return availability()
 
 
+def _offline() -> dict:
+    from engine.weights.files import is_offline
+
+    value = os.environ.get("HF_HUB_OFFLINE", "")
+    return {"on": is_offline(), "HF_HUB_OFFLINE": value or None}
+
+
 def _models() -> dict:
-    """Which registry models resolve from the local cache alone (no network)."""
+    """Which models are in the local caches (looked up without any network access) and where they would come from."""
     try:
-        from engine.weights import MODELS, engine_cache_dir, resolve_model
+        from huggingface_hub import try_to_load_from_cache
+
+        from engine.eval.weights import STABLE_SYNCNET, SYNCNET_V2
+        from engine.weights import MODELS, engine_cache_dir
+        from engine.weights.registry import VAE_WEIGHTS_FILE
     except Exception as exc:  # noqa: BLE001
         return {"why_not": f"{type(exc).__name__}: {exc}"}
-    out: dict = {"engine_cache": str(engine_cache_dir()), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "")}
-    for name in MODELS:
+
+    def cached(repo: str, filename: str, revision: str | None = None) -> str | None:
+        path = try_to_load_from_cache(repo, filename, revision=revision)
+        return path if isinstance(path, str) else None
+
+    out: dict = {"engine_cache": str(engine_cache_dir())}
+    for name, spec in MODELS.items():
+        files = {f"{spec.unet_repo}/{spec.unet_file}": cached(spec.unet_repo, spec.unet_file, spec.revision),
+                 f"{spec.unet_repo}/{spec.whisper_file}": cached(spec.unet_repo, spec.whisper_file, spec.revision),
+                 f"{spec.vae_repo}/{VAE_WEIGHTS_FILE}": cached(spec.vae_repo, VAE_WEIGHTS_FILE)}
+        missing = [f for f, path in files.items() if path is None]
+        out[name] = "cached" if not missing else f"not cached (downloaded from the hub on first use: {', '.join(missing)})"
+    tiny = engine_cache_dir() / "tiny-random" / "engine.json"
+    out["tiny-random"] = (f"ready ({tiny.parent})" if tiny.is_file()
+                          else "not made yet (generated locally on first use, no download)")
+    for spec in (SYNCNET_V2, STABLE_SYNCNET):  # the evaluator's networks (engine eval)
+        path = cached(spec.repo_id, spec.filename)
+        out[f"eval:{spec.name}"] = f"cached ({path})" if path else (
+            f"not cached (downloaded from {spec.repo_id} on first `engine eval`; or pass its file)")
+    return out
+
+
+def _face_models() -> dict:
+    """The face model files: cached and hash-checked, or where they come from on first use."""
+    from engine.errors import CheckpointError
+    from engine.face.detection import FETCH_FAILED_FILE, models
+
+    out: dict = {"cache": str(models.cache_dir())}
+    for label, files, origin in (
+        ("mediapipe", (models.MEDIAPIPE_DETECTOR, models.MEDIAPIPE_MESH),
+         "fetched from PyPI (the mediapipe 0.10.21 wheel, 1.5 MB read) on first use"),
+        ("insightface", (models.INSIGHTFACE_DETECTOR, models.INSIGHTFACE_LANDMARK),
+         f"fetched from {models.INSIGHTFACE_PACK.urls[0]} on first use ({models.INSIGHTFACE_PACK.license})"),
+    ):
         try:
-            resolve_model(name, offline=True)
-            out[name] = "cached"
-        except Exception as exc:  # noqa: BLE001 - report why not
-            out[name] = f"not cached ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+            paths = [models.cached(f) for f in files]
+        except CheckpointError as exc:
+            out[label] = f"damaged cache: {exc}"
+            continue
+        out[label] = (f"cached, hash checked ({', '.join(str(p) for p in paths)})" if all(paths)
+                      else f"not cached: {origin}")
+    record = models.cache_dir() / FETCH_FAILED_FILE
+    if record.is_file() and not all(models.cached(f) for f in (models.INSIGHTFACE_DETECTOR, models.INSIGHTFACE_LANDMARK)):
+        try:
+            failed = json.loads(record.read_text())
+            out["insightface"] += f"; last download failed: {failed.get('reason', '?')}"
+        except (OSError, ValueError):
+            pass
     return out
 
 
@@ -92,11 +179,35 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  GPU {d['name']}  sm {d['compute_capability']}  {d['memory_gib']} GiB  bf16={d['bf16']}")
     else:
         print(f"  CUDA: no ({report['cuda']['why_not']})")
-    for name in ("onnxruntime", "tensorrt", "triton", "ai_edge_litert"):
+    ort = report["onnxruntime"]
+    if ort["version"]:
+        print(f"onnxruntime {ort['version']}: usable providers {', '.join(ort['providers']) or 'none'}")
+        for provider, why in ort["providers_unusable"].items():
+            print(f"  {provider}: not usable ({why})")
+    else:
+        print(f"onnxruntime: no ({ort['why_not']})")
+    for name in ("tensorrt", "triton", "ai_edge_litert"):
         entry = report[name]
-        status = entry["version"] or f"no ({entry['why_not']})"
-        extra = f" providers={entry['providers']}" if entry.get("providers") else ""
-        print(f"{name}: {status}{extra}")
-    print("backends:", json.dumps(report["backends"], default=str))
-    print("models:", json.dumps(report["models"], default=str))
+        print(f"{name}: {entry['version'] or 'no (' + str(entry['why_not']) + ')'}")
+    print("extras (pip install -e \".[NAME]\"):")
+    for name, extra in report["extras"].items():
+        state = "installed" if extra["present"] else f"missing ({', '.join(extra['missing'])})"
+        print(f"  [{name}] {state}: {extra['purpose']}")
+    backends = report["backends"]
+    if "why_not" in backends:
+        print(f"backends: unknown ({backends['why_not']})")
+    else:
+        order = backends.pop("auto_order", {})
+        for name, entry in backends.items():
+            print(f"backend {name}: {'available' if entry['available'] else 'no (' + str(entry['why_not']) + ')'}")
+        if order:
+            print(f"  --backend auto on {order['device']} tries: {', '.join(order['order'])}")
+    offline = report["offline"]
+    print(f"offline mode: {'on (HF_HUB_OFFLINE=' + offline['HF_HUB_OFFLINE'] + ')' if offline['on'] else 'off'}")
+    print("models:")
+    for name, state in report["models"].items():
+        print(f"  {name}: {state}")
+    print("face models:")
+    for name, state in report["face_models"].items():
+        print(f"  {name}: {state}")
     return 0

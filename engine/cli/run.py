@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(subparsers) -> None:
@@ -29,7 +28,8 @@ def register(subparsers) -> None:
 
     add_artifacts_argument(p)
     p.add_argument("--face", default="auto",
-                   help="face source: auto | insightface | mediapipe | path to a face-track JSON")
+                   help="face source: auto | insightface | mediapipe (tracks, as mediapipe's video mode) | "
+                        "mediapipe-static (detects every frame) | path to a face-track JSON")
     p.add_argument("--strict-faces", action="store_true", help="fail if any frame has no face (default: pass through)")
     p.add_argument("--crf", type=int, default=18, help="x264 quality (lower is better; default 18)")
     p.add_argument("--offline", action="store_true", help="never contact the model hub (use cached weights)")
@@ -56,26 +56,14 @@ def _run(args: argparse.Namespace) -> int:
         args.model, device=args.device, dtype=args.dtype, face=args.face, backend=args.backend, offline=args.offline,
         **({"engine": engine} if engine is not None else {}),
     )
-    bar = None
-    if not args.no_progress and sys.stderr.isatty():
-        from tqdm import tqdm
+    from engine.cli.progress import progress_bar
 
-        bar = tqdm(total=0, unit="frame", desc="lip-sync", file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        if bar is not None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-    try:
+    with progress_bar(desc="lip-sync", unit="frame", enabled=not args.no_progress) as bar:
         result = sync(
             args.video, checked.samples, str(checked.output), preset=args.preset, steps=args.steps, guidance=args.guidance,
             deepcache=args.deepcache, seed=args.seed, strict_faces=args.strict_faces, crf=args.crf,
-            progress=progress,
+            progress=bar.callback,
         )
-    finally:
-        if bar is not None:
-            bar.close()
     if args.report:
         write_report(result, args.report)
     print(result.summary())

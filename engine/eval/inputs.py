@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
 
-from engine.errors import InvalidInputError, NoFaceError
+from engine.errors import CheckpointError, InvalidInputError, NoFaceError
 
 RANDOM_SEED = 0  # --random-weights networks
 
@@ -21,9 +22,10 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     return x1, y1, x2, y2
 
 
-def face_boxes(spec: str | None, box: str | None, video: str) -> tuple[list, list | None]:
+def face_boxes(spec: str | None, box: str | None, video: str, progress=None) -> tuple[list, list | None]:
     """Per-frame (boxes, landmarks3 or None) from --box, a box-list JSON, or an engine.face.detection source
-    ('auto' | 'insightface' | 'mediapipe' | a latentsync-face-track file) followed by its FaceTracker."""
+    ('auto' | 'insightface' | 'mediapipe' | 'mediapipe-static' | a latentsync-face-track file; None: 'auto', as
+    `engine run`) followed by its FaceTracker. `progress(done, total)` follows the frames scanned."""
     if box is not None:
         from engine.eval.video import frame_count
 
@@ -35,12 +37,21 @@ def face_boxes(spec: str | None, box: str | None, video: str) -> tuple[list, lis
     from engine.eval.video import iter_rgb_frames
     from engine.face.detection import FaceTracker, make_face_source
 
-    tracker = FaceTracker(make_face_source(spec))
+    from engine.eval.video import frame_count
+
+    tracker = FaceTracker(make_face_source(spec or "auto"))
     boxes, landmarks = [], []
+    total = frame_count(video) if progress is not None else 0
     for index, rgb in enumerate(iter_rgb_frames(video)):
+        if progress is not None:
+            progress(index + 1, max(total, index + 1))
         observation = tracker.update(index, rgb)
         boxes.append(None if observation is None else tuple(float(v) for v in observation.box))
         landmarks.append(None if observation is None else observation.landmarks3)
+    if not any(b is not None for b in boxes):
+        why = tracker.why_no_face()
+        raise NoFaceError(f"{video}: expected a face (face source {spec or 'auto'!r}) in at least one frame, found "
+                          f"none in {len(boxes)} frames" + (f" ({why})" if why else ""))
     return boxes, landmarks
 
 
@@ -62,6 +73,9 @@ def require_a_face(spec: str, video: str) -> int:
         for index, rgb in enumerate(iter_rgb_frames(video)):
             if tracker.update(index, rgb) is not None:
                 return index
+        why = tracker.why_no_face()
+        raise NoFaceError(f"{video}: expected a face (face source {spec!r}) in at least one frame, found none"
+                          + (f" ({why})" if why else ""))
     raise NoFaceError(f"{video}: expected a face (face source {spec!r}) in at least one frame, found none")
 
 
@@ -91,12 +105,32 @@ def load_networks(*, syncnet: bool = True, syncnet_weights: str | None = None, s
 
     sync_net = stable_net = None
     if syncnet:
-        sync_net = load_syncnet(syncnet_weights, random_seed=seed_for(syncnet_weights), offline=offline,
-                                device=device)  # fmt: skip
+        with _weights_help(syncnet_weights, SYNCNET_HELP):
+            sync_net = load_syncnet(syncnet_weights, random_seed=seed_for(syncnet_weights), offline=offline,
+                                    device=device)  # fmt: skip
     if stable or stable_weights:
-        stable_net = load_stable_syncnet(stable_weights, random_seed=seed_for(stable_weights), offline=offline,
-                                         device=device)  # fmt: skip
+        with _weights_help(stable_weights, STABLE_HELP):
+            stable_net = load_stable_syncnet(stable_weights, random_seed=seed_for(stable_weights), offline=offline,
+                                             device=device)  # fmt: skip
     return EvalNetworks(sync_net, stable_net, random_weights)
+
+
+SYNCNET_HELP = ("SyncNet weights (syncnet_v2.model) are needed for LSE-C / LSE-D; options: --syncnet-weights PATH "
+                "(a local copy), --no-syncnet (skip LSE-C / LSE-D), --random-weights (run the whole path with random "
+                "networks; scores meaningless)")
+STABLE_HELP = ("StableSyncNet weights (stable_syncnet.pt) are needed for --stable; options: --stable-syncnet-weights "
+               "PATH (a local copy), leave out --stable, --random-weights (scores meaningless)")
+
+
+@contextlib.contextmanager
+def _weights_help(given: str | None, help_text: str):
+    """A download that fails (no network, not cached) says which options get the evaluation going anyway."""
+    try:
+        yield
+    except CheckpointError as exc:
+        if given is not None:  # the user's own file is broken: the error already names it
+            raise
+        raise CheckpointError(f"{help_text}. Not available: {exc}") from exc
 
 
 def finite_json(value):

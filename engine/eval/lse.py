@@ -84,12 +84,14 @@ def average_tracks(results: list[LseResult]) -> tuple[int, float, float]:
 
 
 def evaluate_lse(
-    net, crops_bgr: np.ndarray, audio_int16: np.ndarray, *, vshift: int = VSHIFT, batch_size: int = BATCH_SIZE
+    net, crops_bgr: np.ndarray, audio_int16: np.ndarray, *, vshift: int = VSHIFT, batch_size: int = BATCH_SIZE,
+    on_batch=None,
 ) -> LseResult:
-    """End to end: lip crops [T,224,224,3] BGR uint8 + 16 kHz int16 audio -> LseResult."""
+    """End to end: lip crops [T,224,224,3] BGR uint8 + 16 kHz int16 audio -> LseResult (`on_batch(done, total)`
+    is told the windows embedded so far)."""
     from engine.eval.mfcc import syncnet_cc
     from engine.eval.syncnet import embed_clip
 
     n = num_windows(len(crops_bgr), len(audio_int16))
-    lip, aud = embed_clip(net, crops_bgr, syncnet_cc(audio_int16), n, batch_size=batch_size)
+    lip, aud = embed_clip(net, crops_bgr, syncnet_cc(audio_int16), n, batch_size=batch_size, on_batch=on_batch)
     return score_offsets(lip, aud, vshift)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +81,7 @@ def evaluate_clip(
     landmarks: Sequence[np.ndarray | None] | None = None,
     reference: str | Path | None = None,
     options: EvalOptions = EvalOptions(),
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> EvalReport:
     """Evaluate a lip-synced `video` against the driving `audio` (and a `reference` run for fidelity).
 
@@ -88,8 +89,10 @@ def evaluate_clip(
     entries count as no face. `landmarks` (optional, [3,2] official alignment points per frame) give
     StableSyncNet the affine-aligned 256 px face it was trained on; frames without them use a square
     crop around the box. Frames are decoded once; memory is the crops (150 kB/frame, +196 kB with
-    StableSyncNet), not the frames.
+    StableSyncNet), not the frames. `progress(stage, done, total)` follows the work: stage "frames" (decoding
+    and cropping), then "SyncNet" and "StableSyncNet" (windows scored).
     """
+    progress = progress or (lambda stage, done, total: None)
     samples = load_audio_int16(audio)  # typed errors for no/empty audio before any decoding work
     if networks.syncnet is None and networks.stable is None and reference is None:
         raise InvalidInputError("eval: expected a SyncNet, a StableSyncNet or a reference, found none")
@@ -106,6 +109,7 @@ def evaluate_clip(
     for index, rgb in enumerate(iter_rgb_frames(video)):
         if index >= last_needed:  # past the last face track (and no fidelity pass): stop decoding
             break
+        progress("frames", index + 1, last_needed)
         for k, track in enumerate(tracks):
             if track.start <= index < track.stop:
                 j = index - track.start
@@ -124,9 +128,11 @@ def evaluate_clip(
         random_weights=networks.random_weights,
     )  # fmt: skip
     if networks.syncnet is not None:
-        report = dataclasses.replace(report, lse=_lse(networks.syncnet, tracks, lse_crops, samples, options))
+        lse = _lse(networks.syncnet, tracks, lse_crops, samples, options, _Windows("SyncNet", progress))
+        report = dataclasses.replace(report, lse=lse)
     if networks.stable is not None:
-        stable = _stable(networks.stable, tracks, stable_faces.faces, samples, options)
+        stable = _stable(networks.stable, tracks, stable_faces.faces, samples, options,
+                         _Windows("StableSyncNet", progress))
         report = dataclasses.replace(report, stable={**stable, "face_crop": stable_faces.kind()})
     if fidelity is not None:
         report = dataclasses.replace(report, fidelity=dataclasses.asdict(fidelity.result()))
@@ -137,15 +143,27 @@ def _track_audio(samples: np.ndarray, track: CropTrack) -> np.ndarray:
     return samples[track.start * SAMPLES_PER_FRAME : track.stop * SAMPLES_PER_FRAME]
 
 
-def _lse(net, tracks, crops, samples, options: EvalOptions) -> dict:
+class _Windows:
+    """Window progress summed over face tracks: `track(k)` gives the callback for the k-th track's batches."""
+
+    def __init__(self, stage: str, progress) -> None:
+        self.stage, self.progress, self.done, self.total = stage, progress, 0, 0
+
+    def on_batch(self, done: int, total: int) -> None:
+        self.progress(self.stage, self.done + done, self.total + total)
+        if done == total:  # the track is finished: later tracks count on top of it
+            self.done, self.total = self.done + done, self.total + total
+
+
+def _lse(net, tracks, crops, samples, options: EvalOptions, windows: _Windows) -> dict:
     results: list[tuple[CropTrack, LseResult]] = []
     errors = []
     for track, stack in zip(tracks, crops):
         try:
             if not stack:
                 raise InvalidInputError(f"track {track.start}..{track.stop}: expected frames, found none decoded")
-            result = evaluate_lse(net, np.stack(stack), _track_audio(samples, track),
-                                  vshift=options.vshift, batch_size=options.batch_size)  # fmt: skip
+            result = evaluate_lse(net, np.stack(stack), _track_audio(samples, track), vshift=options.vshift,
+                                  batch_size=options.batch_size, on_batch=windows.on_batch)  # fmt: skip
         except InvalidInputError as exc:  # this track has too little audio; others may still score
             errors.append(str(exc))
             continue
@@ -161,7 +179,7 @@ def _lse(net, tracks, crops, samples, options: EvalOptions) -> dict:
     }
 
 
-def _stable(net, tracks, faces, samples, options: EvalOptions) -> dict:
+def _stable(net, tracks, faces, samples, options: EvalOptions, windows: _Windows) -> dict:
     from engine.eval.syncnet_mel import melspectrogram
 
     starts: list[int] = []
@@ -173,7 +191,8 @@ def _stable(net, tracks, faces, samples, options: EvalOptions) -> dict:
             if not stack or wav.size == 0:
                 raise InvalidInputError(f"track {track.start}..{track.stop}: expected frames and audio, found "
                                         f"{len(stack)} frames and {wav.size} samples")
-            result = stable_sync_score(net, np.stack(stack), melspectrogram(wav), stride=options.stable_stride)
+            result = stable_sync_score(net, np.stack(stack), melspectrogram(wav), stride=options.stable_stride,
+                                       on_batch=windows.on_batch)
         except InvalidInputError as exc:
             errors.append(str(exc))
             continue

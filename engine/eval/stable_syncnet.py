@@ -193,9 +193,11 @@ def window_starts(num_frames: int, mel_columns: int, stride: int = WINDOW_FRAMES
 
 @torch.inference_mode()
 def stable_sync_score(
-    net: StableSyncNet, faces: np.ndarray, mel: np.ndarray, *, stride: int = WINDOW_FRAMES, batch_size: int = 4
+    net: StableSyncNet, faces: np.ndarray, mel: np.ndarray, *, stride: int = WINDOW_FRAMES, batch_size: int = 4,
+    on_batch=None,
 ) -> StableSyncResult:
-    """faces [T,256,256,3] RGB uint8 aligned faces, mel [80,M] -> StableSyncResult over the clip's windows."""
+    """faces [T,256,256,3] RGB uint8 aligned faces, mel [80,M] -> StableSyncResult over the clip's windows
+    (`on_batch(done, total)` is told the windows scored so far)."""
     from engine.eval.syncnet_mel import mel_window
 
     expect(stride >= 1, InvalidInputError, "window stride", ">= 1", stride)
@@ -213,6 +215,8 @@ def stable_sync_score(
         audio = torch.from_numpy(np.stack([mel_window(mel, s) for s in batch])).float().to(device)
         vision, sound = net(visual, audio)
         probs.extend(F.cosine_similarity(vision, sound, dim=1).cpu().tolist())
+        if on_batch is not None:
+            on_batch(len(probs), len(starts))
     values = np.asarray(probs)
     return StableSyncResult(
         mean_prob=float(values.mean()),

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 RANDOM_WARNING = ("RANDOM WEIGHTS ({what}): every quality number in this sweep is meaningless; "
                   "the sweep only shows that the path runs and what it costs")  # fmt: skip
-WARMUP_STEPS = 1  # untimed warm-up run per backend: one denoising step
+WARMUP_FRAMES = 16  # each row's untimed warm-up: one chunk of its own settings (first calls, allocator, caches)
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class SweepOptions:
     baseline: str = DEFAULT_BASELINE  # the row every other row's fidelity is measured against
     settings: tuple[str, ...] | None = None  # None: default_settings(device)
     repeats: int = 1  # timed runs per row (median reported; the last run's video is scored)
-    warmup: bool | None = None  # one untimed run per backend first; None: only on CUDA
+    warmup: bool = True  # an untimed one-chunk run of each row's own settings right before timing it
+    plot: bool = True  # write sweep.png (needs matplotlib: the [plot] extra)
     offline: bool = False
     resolution: int | None = None
     eval: EvalOptions = field(default_factory=EvalOptions)
@@ -133,13 +135,22 @@ def output_faces(boxes: list, landmarks: np.ndarray, num_output: int) -> tuple[l
 
 
 def run_sweep(video: str | Path, audio: str | Path, out_dir: str | Path, networks: EvalNetworks,
-              options: SweepOptions = SweepOptions(), *, sync=None) -> SweepTable:
+              options: SweepOptions = SweepOptions(), *, sync=None,
+              progress: Callable[[str, int, int], None] | None = None) -> SweepTable:
     """Run every setting on (video, audio), score each video, write the table files into `out_dir`.
 
     `sync` (a loaded `LipSync`) skips loading `options.model`. Returns the table (also written as
-    sweep.json / sweep.csv / sweep.md / sweep.png)."""
+    sweep.json / sweep.csv / sweep.md / sweep.png). `progress(label, frames_done, frames_total)` follows the
+    frames made over all rows (warm-ups and scoring are not counted; the label names the row and the stage).
+
+    Timing: each row gets an untimed warm-up of one chunk with its own settings just before it is timed, so
+    no row absorbs first-call costs (lazy initialisation, allocator growth, caches) for the others."""
     from engine.eval.sweep_table import write_table
 
+    if options.plot:
+        from engine.extras import require
+
+        require("plot", what="the sweep's quality-vs-speed plot (or --no-plot)")
     video, audio, out_dir = str(video), str(audio), Path(out_dir)
     speech = check_inputs(video, audio, networks)
     settings = list(options.settings) if options.settings is not None else default_settings(_device(options, sync))
@@ -163,19 +174,28 @@ def run_sweep(video: str | Path, audio: str | Path, out_dir: str | Path, network
     from engine.pipeline.faces import LandmarkArraySource
 
     faces = LandmarkArraySource(landmarks)
-    warmup = options.warmup if options.warmup is not None else table.device.startswith("cuda")
-    runners = _Runners(sync, faces, video, speech, runs_dir, warmup)
+    runners = _Runners(sync, faces, video, speech, runs_dir, options.warmup)
     reference: str | None = None
     eval_faces: tuple[list, list] | None = None
+    per_row = speech.size // SAMPLES_PER_FRAME  # frames per row until the first row tells the exact count
+    report = progress or (lambda label, done, total: None)
+    done = 0
     for k, setting in enumerate(planned):
         baseline = k == 0  # without it nothing can be compared: its errors end the sweep, with their own type
+        label = f"sweep {k + 1}/{len(planned)} {setting.name}"
+        total = per_row * len(planned)
         row = runners.run(setting, runs_dir / f"{k:02d}_{_slug(setting.name)}.mp4", options.repeats,
-                          raise_errors=baseline)  # fmt: skip
+                          raise_errors=baseline, progress=lambda n: report(label, done + n, total))  # fmt: skip
         table.rows.append(row)
+        if row.status == "ok":
+            per_row = row.frames
+        done = per_row * (k + 1)
+        report(label, done, per_row * len(planned))
         if row.status == "ok":
             if eval_faces is None:
                 eval_faces = output_faces(boxes, landmarks, row.frames)
             reference = reference or row.output
+            report(f"{label}: scoring", done, per_row * len(planned))
             try:
                 row.metrics = _score(row, audio, eval_faces, networks, reference, options.eval)
             except EngineError as exc:
@@ -187,7 +207,7 @@ def run_sweep(video: str | Path, audio: str | Path, out_dir: str | Path, network
                      {k: v for k, v in row.metrics.items() if v is not None})  # fmt: skip
         else:
             log.warning("sweep %s: %s (%s)", setting.name, row.status, row.reason)
-        write_table(table, out_dir)  # after every row: a long sweep that stops keeps what it measured
+        write_table(table, out_dir, plot=options.plot)  # after every row: a long sweep that stops keeps its rows
     return table
 
 
@@ -226,7 +246,6 @@ class _Runners:
         self.setup: dict[str, float] = {DEFAULT_BACKEND: 0.0}
         self.failed: dict[str, str] = {}
         self.faces, self.video, self.speech, self.runs_dir, self.warmup = faces, video, speech, runs_dir, warmup
-        self.warm: set[str] = set()
 
     def _sync_for(self, backend: str):
         if backend in self.failed:
@@ -249,23 +268,21 @@ class _Runners:
             self.setup[backend] = time.perf_counter() - t0
         return self.syncs[backend]
 
-    def run(self, setting: SweepSetting, output: Path, repeats: int, *, raise_errors: bool = False) -> SweepRow:
-        """Time `repeats` runs of `setting` into `output`; an unusable backend or (unless `raise_errors`) a
-        failing run gives a skipped / failed row instead of an exception."""
+    def run(self, setting: SweepSetting, output: Path, repeats: int, *, raise_errors: bool = False,
+            progress: Callable[[int], None] | None = None) -> SweepRow:
+        """Time `repeats` runs of `setting` into `output` (each after an untimed one-chunk warm-up of the same
+        setting); an unusable backend or (unless `raise_errors`) a failing run gives a skipped / failed row
+        instead of an exception."""
         from engine.eval.sweep_runs import run_setting
 
         row = SweepRow(setting)
         try:
             sync = self._sync_for(setting.backend)
             row.setup_s = self.setup[setting.backend]
-            if self.warmup and setting.backend not in self.warm:
-                warm = replace(setting, config=setting.config.replace(steps=WARMUP_STEPS))
-                path = self.runs_dir / f".warmup_{setting.backend}.mp4"
-                run_setting(sync, warm, self.video, self.speech, self.faces, path)
-                path.unlink(missing_ok=True)
-                self.warm.add(setting.backend)
+            if self.warmup:
+                self._warm_up(sync, setting)
             for _ in range(repeats):
-                result = run_setting(sync, setting, self.video, self.speech, self.faces, output)
+                result = run_setting(sync, setting, self.video, self.speech, self.faces, output, progress)
                 row.wall_runs_s.append(result.wall_s)
         except _Skip as skip:
             if raise_errors:
@@ -281,6 +298,17 @@ class _Runners:
         row.wall_s = statistics.median(row.wall_runs_s)
         row.frames, row.output, row.timings, row.stream = result.frames, str(output), result.timings, result.stream
         return row
+
+
+    def _warm_up(self, sync, setting: SweepSetting) -> None:
+        """One untimed chunk (WARMUP_FRAMES of speech) with this row's own settings, written and deleted."""
+        from engine.eval.sweep_runs import run_setting
+
+        path = self.runs_dir / f".warmup_{_slug(setting.name)}.mp4"
+        try:
+            run_setting(sync, setting, self.video, self.speech[: WARMUP_FRAMES * SAMPLES_PER_FRAME], self.faces, path)
+        finally:
+            path.unlink(missing_ok=True)
 
 
 class _Skip(Exception):

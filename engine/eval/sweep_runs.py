@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,16 +27,20 @@ class RunResult:
     stream: dict | None = None  # live rows: latency figures of the session
 
 
-def run_setting(sync, setting: SweepSetting, video: str, speech: np.ndarray, landmarks, output: Path) -> RunResult:
+def run_setting(sync, setting: SweepSetting, video: str, speech: np.ndarray, landmarks, output: Path,
+                progress: Callable[[int], None] | None = None) -> RunResult:
     """Make `output` (mp4) with `setting`; `landmarks` (a LandmarkArraySource of the source's points, found
-    once for the whole sweep) stand in for face detection, which every row would repeat identically."""
+    once for the whole sweep) stand in for face detection, which every row would repeat identically.
+    `progress(frames_written)` follows the row."""
     if setting.mode == LIVE:
-        return _run_live(sync, setting, video, speech, landmarks, output)
-    result = sync.run(video, speech, output, config=setting.config, face=landmarks)
+        return _run_live(sync, setting, video, speech, landmarks, output, progress)
+    result = sync.run(video, speech, output, config=setting.config, face=landmarks,
+                      progress=None if progress is None else (lambda done, total: progress(done)))
     return RunResult(output, result.wall_seconds, result.num_frames, dict(result.timings))
 
 
-def _run_live(sync, setting: SweepSetting, video: str, speech: np.ndarray, landmarks, output: Path) -> RunResult:
+def _run_live(sync, setting: SweepSetting, video: str, speech: np.ndarray, landmarks, output: Path,
+              progress: Callable[[int], None] | None = None) -> RunResult:
     """A live session fed chunk by chunk: each chunk's speech plus the lookahead is pushed, its frames are
     taken, then the next; so every chunk that ends before the speech does is made from live features
     (deterministic, unlike pushing at wall-clock pace). The rest follows end_of_speech with exact features."""
@@ -67,6 +72,8 @@ def _run_live(sync, setting: SweepSetting, video: str, speech: np.ndarray, landm
                 writer.write(frame.rgb)
                 frames += 1
                 taken += 1
+                if progress is not None:
+                    progress(frames)
 
         pushed = 0
         k = 0

@@ -68,16 +68,17 @@ def table_json(table) -> dict:
     }  # fmt: skip
 
 
-def write_table(table, out_dir: str | Path) -> dict[str, Path]:
-    """Write sweep.json, sweep.csv, sweep.md and sweep.png into `out_dir`; -> {kind: path}."""
+def write_table(table, out_dir: str | Path, *, plot: bool = True) -> dict[str, Path]:
+    """Write sweep.json, sweep.csv, sweep.md and (with `plot`) sweep.png into `out_dir`; -> {kind: path}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = table_json(table)
-    paths = {kind: out_dir / name for kind, name in FILES.items()}
+    paths = {kind: out_dir / name for kind, name in FILES.items() if plot or kind != "png"}
     _atomic_write(paths["json"], json.dumps(data, indent=1).encode())
     _atomic_write(paths["csv"], to_csv(data["rows"]).encode())
     _atomic_write(paths["md"], to_markdown(data).encode())
-    _atomic_write(paths["png"], plot_png(data))
+    if plot:
+        _atomic_write(paths["png"], plot_png(data))
     return paths
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -79,15 +80,20 @@ def mfcc_windows(cc: torch.Tensor, frames: list[int] | range) -> torch.Tensor:
 
 @torch.inference_mode()
 def embed_clip(
-    net: SyncNetS, crops_bgr: np.ndarray, cc: torch.Tensor, num_windows: int, *, batch_size: int = 20
+    net: SyncNetS, crops_bgr: np.ndarray, cc: torch.Tensor, num_windows: int, *, batch_size: int = 20,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lip and audio embeddings [n,fc_size] for windows 0..n-1, computed in batches (official batch 20)."""
+    """Lip and audio embeddings [n,fc_size] for windows 0..n-1, computed in batches (official batch 20).
+
+    `on_batch(done, total)` is told the windows done after each batch (progress bars)."""
     device = next(net.parameters()).device
     lips, auds = [], []
     for start in range(0, num_windows, batch_size):
         frames = range(start, min(num_windows, start + batch_size))
         lips.append(net.forward_lip(lip_windows(crops_bgr, frames).to(device)).cpu())
         auds.append(net.forward_aud(mfcc_windows(cc, frames).to(device)).cpu())
+        if on_batch is not None:
+            on_batch(frames.stop, num_windows)
     return torch.cat(lips), torch.cat(auds)
 
 

@@ -92,7 +92,8 @@ class LipSync:
 
             runners = create_runners(models, backend, device=placement.device)
             unet, vae, audio_encoder = runners.unet, runners.vae, runners.audio_encoder
-            log.info("backends: %s", ", ".join(f"{k}={v}" for k, v in runners.choice.items()))
+            log.log(logging.DEBUG if "auto" in backend else logging.INFO,  # auto logs its own choice
+                    "backends: %s", ", ".join(f"{k}={v}" for k, v in runners.choice.items()))
         self.core = LipSyncCore(
             unet=unet, vae=vae, audio_encoder=audio_encoder, resolution=models.resolution,
             device=placement.device, dtype=placement.dtype,
@@ -120,9 +121,7 @@ class LipSync:
         placement = choose_placement(device, dtype)
         models = load_models(model, device=placement.device, dtype=placement.dtype, offline=offline,
                              resolution=resolution)
-        if getattr(models, "is_random", False):
-            log.warning("model %s has RANDOM weights: the mouth it generates is meaningless", model)
-        return cls(models, placement, face=face, backend=backend)
+        return cls(models, placement, face=face, backend=backend)  # load_models warned about random weights
 
     # ------------------------------------------------------------------
     def __call__(
@@ -184,10 +183,12 @@ class LipSync:
                 produced += 1
                 if progress is not None:
                     progress(produced, plan.num_frames)
+            why = getattr(getattr(faces, "tracker", None), "why_no_face", lambda: "")()  # the detector's reasons
+            why = f" ({why})" if why else ""
             if produced and len(no_face) == produced:
-                raise NoFaceError(f"video: expected a face in at least one frame, found none in {produced} frames")
+                raise NoFaceError(f"video: expected a face in at least one frame, found none in {produced} frames{why}")
             if strict_faces and no_face:
-                raise NoFaceError(f"video: expected a face in every frame, found none in frames {frame_ranges(no_face)}")
+                raise NoFaceError(f"video: expected a face in every frame, found none in frames {frame_ranges(no_face)}{why}")
             if writer is not None:
                 with timer.measure("encode"):
                     writer.close()

@@ -113,7 +113,7 @@ def ensure_tiny_random(cache_dir: str | os.PathLike | None = None) -> Path:
     if _is_complete(target):
         return target
     root.mkdir(parents=True, exist_ok=True)
-    log.warning("%s; writing it to %s", TINY_WARNING, target)
+    log.info("tiny-random: generating its small random-weight models in %s (once)", target)  # loading warns
     tmp = Path(tempfile.mkdtemp(prefix=f".{TINY_RANDOM}.", dir=root))
     tmp.chmod(default_mode(directory=True))  # mkdtemp makes it private; the result is an ordinary folder
     try:

@@ -140,6 +140,33 @@ def box_iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
+OUT_OF_FRAME_NOTE_BELOW = 0.9  # a refused face with less of its box inside the frame is said to be partly out of it
+
+
+def visible_fraction(box, width: int, height: int) -> float:
+    """Share of the (unclamped) box's area that lies inside the frame, 0..1."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    area = max(x2 - x1, 0.0) * max(y2 - y1, 0.0)
+    if area <= 0:
+        return 0.0
+    cx1, cy1, cx2, cy2 = clamp_box(box, width, height)
+    return (cx2 - cx1) * (cy2 - cy1) / area
+
+
+def with_frame_note(reason: str, box, width: int, height: int) -> str:
+    """`reason`, plus how much of the face is out of frame when that is likely part of why it was refused."""
+    visible = visible_fraction(box, width, height)
+    if visible >= OUT_OF_FRAME_NOTE_BELOW:
+        return reason
+    return f"{reason}; face partly out of frame ({100 * visible:.0f} % of its box inside)"
+
+
+def low_score_rejection(box, score: float, threshold: float, width: int, height: int) -> Rejected:
+    """The best candidate the detector itself dropped (score below its threshold): why a frame has no face."""
+    reason = with_frame_note(f"face score {score:.2f} below the detector's {threshold}", box, width, height)
+    return Rejected(clamp_box(box, width, height), float(score), reason)
+
+
 def split_candidates(candidates, thresholds: FaceThresholds, width: int, height: int, make) -> FrameFaces:
     """Apply the thresholds to raw (box, score, payload) candidates; `make(box, score, payload)` builds the kept faces."""
     faces, rejected = [], []
@@ -148,5 +175,6 @@ def split_candidates(candidates, thresholds: FaceThresholds, width: int, height:
         if reason is None:
             faces.append(make(clamp_box(box, width, height), float(score), payload))
         else:
+            reason = with_frame_note(reason, box, width, height)
             rejected.append(Rejected(clamp_box(box, width, height), float(score), reason))
     return FrameFaces(tuple(faces), tuple(rejected))

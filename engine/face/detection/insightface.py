@@ -23,6 +23,7 @@ from engine.face.detection.base import (
     FrameFaces,
     check_frame,
     clamp_box,
+    low_score_rejection,
     split_candidates,
     three_points,
 )
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 DET_SIZE = (512, 512)  # (w, h): LatentSync's prepare(det_size=...)
 DET_THRESHOLD = 0.5
+LOW_SCORE_NOTE = 0.1  # a frame without faces names its best candidate scoring at least this ("low score")
 NMS_THRESHOLD = 0.4
 DET_MEAN, DET_STD = 127.5, 128.0
 STRIDES = (8, 16, 32)
@@ -176,9 +178,16 @@ class InsightFaceSource:
 
     def detect_all(self, frame_index: int, rgb: np.ndarray) -> FrameFaces:
         width, height = check_frame(rgb)
-        boxes, scores, _ = self.detect_boxes(rgb)
+        outputs = self._scrfd(rgb)
+        boxes, scores, _ = self._decode(*outputs)
         candidates = [(tuple(float(v) for v in b), float(s), b) for b, s in zip(boxes, scores)]
-        return split_candidates(candidates, self.thresholds, width, height, partial(self._observation, rgb))
+        faces = split_candidates(candidates, self.thresholds, width, height, partial(self._observation, rgb))
+        if not candidates:  # say "low score" rather than "no face" when SCRFD saw something
+            low_boxes, low_scores, _ = self._decode(*outputs, threshold=LOW_SCORE_NOTE)
+            if len(low_scores):
+                best = tuple(float(v) for v in low_boxes[0])
+                return FrameFaces((), (low_score_rejection(best, float(low_scores[0]), DET_THRESHOLD, width, height),))
+        return faces
 
     def landmarks_in_box(self, rgb: np.ndarray, box: Box, landmarks: np.ndarray | None = None) -> FaceObservation | None:
         """The 106 landmarks for a given face box (the official landmark step, no detection, no thresholds).
@@ -200,10 +209,17 @@ class InsightFaceSource:
     # -- stages -----------------------------------------------------------------------------------------------
     def detect_boxes(self, rgb: np.ndarray):
         """SCRFD -> (boxes [n,4] frame px, scores [n], keypoints [n,5,2]) after NMS, best first."""
+        return self._decode(*self._scrfd(rgb))
+
+    def _scrfd(self, rgb: np.ndarray) -> tuple[list[np.ndarray], tuple[int, int], float]:
+        """(the 9 SCRFD outputs, input (h, w), letterbox scale)."""
         canvas, scale = letterbox(rgb, self.det_size)
         blob = to_blob(canvas, DET_MEAN, DET_STD)
-        outputs = self._det.run(self._det_outputs, {self._det.get_inputs()[0].name: blob})
-        boxes, scores, kps = decode_scrfd(outputs, blob.shape[2:4])
+        return self._det.run(self._det_outputs, {self._det.get_inputs()[0].name: blob}), blob.shape[2:4], scale
+
+    @staticmethod
+    def _decode(outputs, input_hw, scale: float, threshold: float = DET_THRESHOLD):
+        boxes, scores, kps = decode_scrfd(outputs, input_hw, threshold)
         order = scores.argsort()[::-1]
         boxes = (boxes[order] / scale).astype(np.float32)  # InsightFace keeps float32 detections
         scores, kps = scores[order].astype(np.float32), (kps[order] / scale).astype(np.float32)

@@ -1,21 +1,37 @@
 """Offline default face source: mediapipe's BlazeFace + 468-point FaceMesh TFLite models, our own pre/post-processing.
 
-Reproduces mediapipe 0.10.21 `FaceMesh(static_image_mode=True)` on CPU: the short-range detector on the
-letterboxed frame (128x128, [-1,1], zero border), weighted NMS, the ROI from the detection box rotated by the
-eye keypoints and scaled 1.5 (square on the long side), the mesh on that ROI (192x192, [0,1], replicated border)
-and the projection of its points back to the frame. Only `ai_edge_litert` is needed, not mediapipe itself.
+Reproduces mediapipe 0.10.21 `FaceMesh` on CPU: the short-range detector on the letterboxed frame (128x128,
+[-1,1], zero border), weighted NMS, the ROI from the detection box rotated by the eye keypoints and scaled 1.5
+(square on the long side), the mesh on that ROI (192x192, [0,1], replicated border) and the projection of its
+points back to the frame. Only `ai_edge_litert` is needed, not mediapipe itself.
+
+Two modes, as mediapipe has (`static_image_mode`):
+- `video` (default): mediapipe's tracking graph. The mesh of frame t runs on the ROI made from frame t-1's 468
+  landmarks (their bounding box, rotated by the eye corners 33 -> 263, scaled 1.5); the detector runs only when
+  there is no previous face or the mesh's face-presence flag drops (tracking lost). Per-frame detection is what
+  makes the track jump: BlazeFace's box and eye keypoints are coarse, so the ROI, and with it the mesh, wobbles.
+  One deliberate difference: where tracking is lost mediapipe reports no face for that frame and detects on the
+  next; here the detector runs on the same frame at once.
+- `static`: mediapipe's `static_image_mode=True`, detection on every frame (`--face mediapipe-static`).
+
+The source object holds only its two interpreters (cheap: ~10 ms to create); the per-frame state of video mode
+(the previous landmarks) lives in the `FaceTracker` that calls `track()`, so one source per job is all it takes.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import sys
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from engine.errors import BackendUnavailableError
+from engine.errors import InvalidInputError, expect
 from engine.face.detection import models
 from engine.face.detection.base import (
     FACEMESH_468_GROUPS,
@@ -26,8 +42,10 @@ from engine.face.detection.base import (
     Rejected,
     check_frame,
     clamp_box,
+    low_score_rejection,
     split_candidates,
     three_points,
+    with_frame_note,
 )
 
 DETECTOR_SIZE = 128  # px, BlazeFace short-range input
@@ -38,12 +56,14 @@ ANCHORS_PER_LAYER = 2  # aspect ratio 1.0 + the interpolated scale
 NUM_COORDS = 16  # box (cx, cy, w, h) + 6 keypoints (x, y)
 SCORE_CLIP = 100.0
 MIN_DETECTION_SCORE = 0.5
+LOW_SCORE_NOTE = 0.1  # a frame without faces names its best candidate scoring at least this ("low score")
 NMS_MIN_IOU = 0.3  # weighted NMS merges boxes overlapping more than this
 ROI_SCALE = 1.5
 MIN_PRESENCE = 0.5  # FaceMesh face-presence threshold (sigmoid of the flag output)
 EYE_KEYPOINTS = (0, 1)  # BlazeFace: subject's right eye, left eye -> ROI rotation
 MESH_EYE_POINTS = (33, 263)  # FaceMesh eye corners -> ROI rotation when re-cropping from landmarks
 BOX_SEARCH_SCALE = 2.0  # BlazeFace looks for the face of a given box in a square this many box sizes wide
+MODES = ("video", "static")  # mediapipe static_image_mode False / True
 
 
 @dataclass(frozen=True)
@@ -124,24 +144,28 @@ def roi_from_box(box: Box, keypoints: np.ndarray | None) -> Roi:
     return Roi((x1 + x2) / 2, (y1 + y2) / 2, side, side, rotation)
 
 
+def roi_from_landmarks(points: np.ndarray) -> Roi:
+    """FaceLandmarkLandmarksToRoi: the box of all 468 points, rotated by the eye corners 33 -> 263, scaled 1.5."""
+    return roi_from_box(_points_box(points), points[list(MESH_EYE_POINTS)])
+
+
 def _normalize_radians(angle: float) -> float:
     return angle - 2 * math.pi * math.floor((angle + math.pi) / (2 * math.pi))
 
 
 class MediapipeFaceSource:
-    """`FaceSource` over the two mediapipe TFLite models (run by ai_edge_litert)."""
-
-    name = "mediapipe"
+    """`FaceSource` over the two mediapipe TFLite models (run by ai_edge_litert); `mode` video (default) | static."""
 
     def __init__(self, *, detector_path: str | Path | None = None, mesh_path: str | Path | None = None,
                  thresholds: FaceThresholds = FaceThresholds(), num_threads: int | None = None,
-                 offline: bool = False) -> None:
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError as exc:
-            raise BackendUnavailableError(
-                "mediapipe face source: expected the ai-edge-litert package (pip install ai-edge-litert), "
-                f"found {type(exc).__name__}: {exc}") from exc
+                 offline: bool = False, mode: str = "video") -> None:
+        expect(mode in MODES, InvalidInputError, "mediapipe face mode", MODES, mode)
+        self.mode = mode
+        self.name = "mediapipe" if mode == "video" else "mediapipe-static"
+        from engine.extras import require
+
+        require("face", what="the mediapipe face source")
+        from ai_edge_litert.interpreter import Interpreter
         detector_path = detector_path or models.ensure(models.MEDIAPIPE_DETECTOR, models.MEDIAPIPE_WHEEL, offline=offline)
         mesh_path = mesh_path or models.ensure(models.MEDIAPIPE_MESH, models.MEDIAPIPE_WHEEL, offline=offline)
         self.thresholds = thresholds
@@ -149,20 +173,45 @@ class MediapipeFaceSource:
         self._mesh = _Model(Interpreter, mesh_path, num_threads)
         self._anchors = ssd_anchors()
 
+    @property
+    def video_mode(self) -> bool:
+        """True: the tracker follows the face with `track()` on every frame and detects only when it is lost."""
+        return self.mode == "video"
+
     # -- FaceSource -------------------------------------------------------------------------------------------
     def detect(self, frame_index: int, rgb: np.ndarray) -> FaceObservation | None:
         return self.detect_all(frame_index, rgb).chosen()
 
+    def track(self, rgb: np.ndarray, previous: FaceObservation) -> FaceObservation | None:
+        """The face of `previous` (the last frame's observation, with its 468 points) in this frame, mediapipe's
+        video mode: the mesh on the ROI from those points. None when tracking is lost: no previous mesh, the
+        face-presence flag below 0.5, or a face the thresholds refuse (then detection runs and says why)."""
+        points = previous.landmarks
+        if points is None or len(points) != NUM_MESH_POINTS:
+            return None
+        width, height = check_frame(rgb)
+        mesh, presence = self.mesh_and_presence(rgb, roi_from_landmarks(np.asarray(points, np.float64)))
+        if mesh is None:
+            return None
+        box = _points_box(mesh)
+        if self.thresholds.rejection(box, presence) is not None:
+            return None
+        return self._observation(clamp_box(box, width, height), presence, mesh)
+
     def detect_all(self, frame_index: int, rgb: np.ndarray) -> FrameFaces:
         width, height = check_frame(rgb)
         candidates, absent = [], []
-        for box, keypoints, score in self.detect_boxes(rgb):
+        detections, dropped = self._detect(rgb)
+        for box, keypoints, score in detections:
             mesh = self.mesh(rgb, roi_from_box(box, keypoints[list(EYE_KEYPOINTS)]))
             if mesh is None:
-                absent.append(Rejected(clamp_box(box, width, height), score, "face mesh found no face in the box"))
+                reason = with_frame_note("face mesh found no face in the detected box", box, width, height)
+                absent.append(Rejected(clamp_box(box, width, height), score, reason))
             else:
                 candidates.append((_points_box(mesh), score, mesh))
         faces = split_candidates(candidates, self.thresholds, width, height, self._observation)
+        if not detections and dropped is not None:  # say "low score" rather than "no face" when BlazeFace knows
+            absent.append(low_score_rejection(dropped[0], dropped[1], MIN_DETECTION_SCORE, width, height))
         return FrameFaces(faces.faces, faces.rejected + tuple(absent))
 
     def landmarks_in_box(self, rgb: np.ndarray, box: Box, landmarks: np.ndarray | None = None) -> FaceObservation | None:
@@ -186,7 +235,7 @@ class MediapipeFaceSource:
                 landmarks = self.mesh(rgb, roi_from_box(box, None))
                 if landmarks is None:
                     return None
-            mesh = self.mesh(rgb, roi_from_box(_points_box(landmarks), landmarks[list(MESH_EYE_POINTS)]))
+            mesh = self.mesh(rgb, roi_from_landmarks(landmarks))
         if mesh is None:
             return None
         return self._observation(clamp_box(_points_box(mesh), width, height), 1.0, mesh)
@@ -194,6 +243,10 @@ class MediapipeFaceSource:
     # -- stages -----------------------------------------------------------------------------------------------
     def detect_boxes(self, rgb: np.ndarray, roi: Roi | None = None) -> list[tuple[Box, np.ndarray, float]]:
         """BlazeFace on the letterboxed frame (or a square ROI) -> [(box px, keypoints [6,2] px, score)], NMS-ed."""
+        return self._detect(rgb, roi)[0]
+
+    def _detect(self, rgb: np.ndarray, roi: Roi | None = None):
+        """(detect_boxes' list, (box px, score) of the best candidate below the detector's threshold or None)."""
         if roi is None:
             height, width = rgb.shape[:2]
             side = float(max(width, height))  # ImageToTensor keep_aspect_ratio: pad the ROI to a square
@@ -204,22 +257,36 @@ class MediapipeFaceSource:
         logits = next(o for o in outputs if o.shape[-1] == 1)
         boxes, keypoints, scores = decode_detections(raw.reshape(-1, NUM_COORDS), logits.reshape(-1), self._anchors)
         m = roi.tensor_to_image(1)
-        out = []
-        for b, k, s in weighted_nms(boxes, keypoints, scores):
+
+        def to_frame(b) -> Box:
             corners = np.array([[b[0], b[1]], [b[2], b[3]]]) @ m[:, :2].T + m[:, 2]
-            out.append((tuple(float(v) for v in corners.reshape(-1)), k @ m[:, :2].T + m[:, 2], s))
-        return out
+            return tuple(float(v) for v in corners.reshape(-1))
+
+        out = [(to_frame(b), k @ m[:, :2].T + m[:, 2], s) for b, k, s in weighted_nms(boxes, keypoints, scores)]
+        dropped = None
+        if not out:
+            low_boxes, _, low_scores = decode_detections(raw.reshape(-1, NUM_COORDS), logits.reshape(-1),
+                                                         self._anchors, min_score=LOW_SCORE_NOTE)
+            if len(low_scores):
+                best = int(np.argmax(low_scores))
+                dropped = (to_frame(low_boxes[best]), float(low_scores[best]))
+        return out, dropped
 
     def mesh(self, rgb: np.ndarray, roi: Roi) -> np.ndarray | None:
         """FaceMesh on a rotated ROI -> [468,2] frame pixels (float), or None when the presence flag is low."""
+        return self.mesh_and_presence(rgb, roi)[0]
+
+    def mesh_and_presence(self, rgb: np.ndarray, roi: Roi) -> tuple[np.ndarray | None, float]:
+        """(FaceMesh points [468,2] frame px or None when the presence is below 0.5, the presence probability)."""
         tensor = _warp(rgb, roi, MESH_SIZE, cv2.BORDER_REPLICATE) * (1.0 / 255.0)
         outputs = self._mesh.run(tensor)
         points = next(o for o in outputs if o.size == NUM_MESH_POINTS * 3).reshape(NUM_MESH_POINTS, 3)[:, :2]
         flag = next(o for o in outputs if o.size == 1).item()
-        if 1.0 / (1.0 + math.exp(-max(min(flag, SCORE_CLIP), -SCORE_CLIP))) < MIN_PRESENCE:
-            return None
+        presence = 1.0 / (1.0 + math.exp(-max(min(flag, SCORE_CLIP), -SCORE_CLIP)))
+        if presence < MIN_PRESENCE:
+            return None, presence
         m = roi.tensor_to_image(MESH_SIZE)
-        return points.astype(np.float64) @ m[:, :2].T + m[:, 2]
+        return points.astype(np.float64) @ m[:, :2].T + m[:, 2], presence
 
     @staticmethod
     def _observation(box: Box, score: float, mesh: np.ndarray) -> FaceObservation:
@@ -249,7 +316,7 @@ class _Model:
 
     def __init__(self, interpreter_cls, path, num_threads: int | None) -> None:
         self.interpreter = interpreter_cls(model_path=str(path), num_threads=num_threads)
-        self.interpreter.allocate_tensors()
+        _without_tflite_notice(self.interpreter.allocate_tensors)
         self.input = self.interpreter.get_input_details()[0]["index"]
         self.outputs = [d["index"] for d in self.interpreter.get_output_details()]
 
@@ -257,3 +324,32 @@ class _Model:
         self.interpreter.set_tensor(self.input, np.ascontiguousarray(tensor, dtype=np.float32))
         self.interpreter.invoke()
         return [self.interpreter.get_tensor(i) for i in self.outputs]
+
+
+TFLITE_NOTICE = b"Created TensorFlow Lite XNNPACK delegate"  # printed by the C++ runtime, once per process
+_notice_lock = threading.Lock()
+_notice_seen = False
+
+
+def _without_tflite_notice(allocate) -> None:
+    """Run the first `allocate_tensors()` of the process with the C-level stderr captured, and pass on all of it
+    except TFLite's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." line (noise on every run)."""
+    global _notice_seen
+    with _notice_lock:
+        if _notice_seen:
+            allocate()
+            return
+        _notice_seen = True
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as captured:
+            os.dup2(captured.fileno(), 2)
+            try:
+                allocate()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            captured.seek(0)
+            rest = b"".join(line for line in captured.read().splitlines(keepends=True) if TFLITE_NOTICE not in line)
+        if rest:
+            os.write(2, rest)

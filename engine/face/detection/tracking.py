@@ -89,6 +89,9 @@ class FaceTracker:
 
     Between key frames `update` follows the target with `source.track(rgb, previous)` when the source has it
     (InsightFace: the 106-point model on the moved box, skipping SCRFD); otherwise every frame is detected.
+    A source with `video_mode` (mediapipe's default) is followed on every frame, detection running only where
+    the previous frame had no face or tracking is lost. All per-video state lives here, not in the source.
+    Sources run model sessions that are not thread-safe: give each concurrent job its own (they are cheap).
     """
 
     def __init__(self, source: FaceSource, *, config: TrackerConfig | None = None, **kw) -> None:
@@ -111,6 +114,11 @@ class FaceTracker:
         """No-face ranges seen so far by `update` (the open one included)."""
         return self._ranges.ranges()
 
+    def why_no_face(self, limit: int = 3) -> str:
+        """Why frames had no face, for error messages: the reasons of the no-face ranges seen so far, the most
+        frames first (e.g. 'face too small: 40x52 px, expected at least 50x80 (242 frames)'); '' when none."""
+        return describe_reasons(self._ranges.ranges(), limit)
+
     # -- streaming --------------------------------------------------------------------------------------------
     def update(self, frame_index: int, rgb: np.ndarray) -> FaceObservation | None:
         """The target face in this frame, or None (with the reason in `last_result`). Frames must come in order."""
@@ -121,14 +129,25 @@ class FaceTracker:
         return result.observation
 
     def _step(self, frame_index: int, rgb: np.ndarray) -> FrameResult:
-        key = self._last_detect is None or self._position - self._last_detect >= self.config.detect_every
+        follow = self._follows()
         self._position += 1
-        if not key and self._target is not None and hasattr(self.source, "track"):
+        if follow:
             tracked = self.source.track(rgb, self._target)
             if tracked is not None and self._continues(tracked):
                 return self._accept(frame_index, tracked, "tracked")
         self._last_detect = self._position - 1
         return self._choose(frame_index, self.source.detect_all(frame_index, rgb))
+
+    def _follows(self) -> bool:
+        """Whether this frame follows the target with `source.track` instead of detecting.
+
+        A video-mode source (mediapipe's tracking graph) follows the previous frame's face on every frame and
+        detects only when that frame had none; other sources track only between key frames (`detect_every`)."""
+        if self._target is None or not hasattr(self.source, "track"):
+            return False
+        if getattr(self.source, "video_mode", False):
+            return self.last_result is not None and self.last_result.observation is not None
+        return self._last_detect is not None and self._position - self._last_detect < self.config.detect_every
 
     def _record(self, result: FrameResult) -> None:
         self.last_result = result
@@ -142,8 +161,12 @@ class FaceTracker:
         self.reset()
         track, pending = FaceTrack(), []  # pending: (index, rgb) since the last key frame
         every = self.config.detect_every
+        video = getattr(self.source, "video_mode", False)
         for n, frame in enumerate(frames):
             index, rgb = (frame.index, frame.rgb) if hasattr(frame, "rgb") else frame
+            if video:  # tracking is cheaper than detection: every frame follows the last one
+                self._scan_append(track, self._step(index, rgb))
+                continue
             if every == 1:
                 self._scan_append(track, self._choose(index, self.source.detect_all(index, rgb)))
                 continue
@@ -179,8 +202,8 @@ class FaceTracker:
         if not track.results:
             raise NoFaceError("face scan: expected at least one frame, found none")
         if all(r.observation is None for r in track.results):
-            reasons = sorted({r.reason for r in track.results})[:5]
-            raise NoFaceError(f"no usable face in any of the {len(track.results)} frames ({'; '.join(reasons)})")
+            raise NoFaceError(f"no usable face in any of the {len(track.results)} frames "
+                              f"({describe_reasons(ranges, 5)})")
         if ranges and self.config.strict:
             listed = ", ".join(str(r) for r in ranges[:MAX_LISTED_RANGES])
             more = f" and {len(ranges) - MAX_LISTED_RANGES} more" if len(ranges) > MAX_LISTED_RANGES else ""
@@ -236,6 +259,16 @@ class FaceTracker:
     def _accept(self, frame_index: int, face: FaceObservation, how: str) -> FrameResult:
         self._target, self._last_seen = face, frame_index
         return FrameResult(frame_index, face, how)
+
+
+def describe_reasons(ranges: list[NoFaceRange], limit: int = 3) -> str:
+    """'reason (N frames); ...' over no-face ranges, the most frames first, at most `limit` reasons."""
+    frames: dict[str, int] = {}
+    for r in ranges:
+        frames[r.reason] = frames.get(r.reason, 0) + r.stop - r.start
+    ranked = sorted(frames.items(), key=lambda kv: -kv[1])
+    text = "; ".join(f"{reason} ({n} frame{'s' if n != 1 else ''})" for reason, n in ranked[:limit])
+    return text + (f"; {len(ranked) - limit} other reason(s)" if len(ranked) > limit else "")
 
 
 def _distance(a: FaceObservation, b: FaceObservation) -> float:
