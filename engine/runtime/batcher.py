@@ -28,6 +28,10 @@ class Batcher:
     def __len__(self) -> int:
         return self._size
 
+    def count(self, job: Hashable) -> int:
+        """Requests of `job` waiting."""
+        return len(self._jobs.get(job, ()))
+
     @property
     def full(self) -> bool:
         return self._size >= self.capacity

@@ -120,6 +120,10 @@ class EngineCore:
         """Drop every queued request of `job` (their futures are cancelled); returns how many."""
         return self._loop.cancel_job(job)
 
+    def queued_chunks(self, job: Hashable | None = None) -> int:
+        """Chunks waiting for the device (of `job`, or of everyone)."""
+        return self._loop.queued(job)
+
     @property
     def runners(self):
         """The executors' runners: for reading `choice`/placement. Calling them outside the device thread
@@ -208,6 +212,10 @@ class _DeviceLoop:
         for request in removed:
             request.future.cancel()
         return len(removed)
+
+    def queued(self, job: Hashable | None) -> int:
+        with self._cond:
+            return len(self._batcher) if job is None else self._batcher.count(job)
 
     def stop(self) -> None:
         with self._cond:
