@@ -95,4 +95,7 @@ class PendingChunk:
 
     @staticmethod
     def _frame_tensor(item: SourceItem) -> torch.Tensor:
-        return item.frame_tensor if item.frame_tensor is not None else torch.from_numpy(item.frame)
+        if item.frame_tensor is not None:
+            return item.frame_tensor
+        frame = item.frame if item.frame.flags.writeable else np.array(item.frame)  # avatars: read-only memmaps
+        return torch.from_numpy(frame)

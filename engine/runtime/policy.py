@@ -25,7 +25,7 @@ class EnginePolicy:
     same_job_batching: bool = False  # consecutive chunks of one job in one batch
     max_queued_chunks: int = 64  # device queue bound: submitting beyond it raises QueueFullError
     max_unet_rows: int | None = None  # U-Net batch rows per call (a TensorRT profile's batch; None: no cap)
-    max_vae_rows: int | None = None  # images per VAE call (None: a whole batch in one call)
+    max_vae_rows: int | None = 32  # images per VAE call (bounds peak memory; None: a whole batch at once)
     max_active_jobs: int = 4  # offline jobs whose stages run at once
     max_queued_jobs: int = 64  # offline jobs waiting for a slot: beyond it submit raises QueueFullError
     prefetch_chunks: int = 2  # chunks a job prepares ahead of its finished output (memory stays flat)
