@@ -368,3 +368,31 @@ def test_compile_count_is_bounded_whatever_the_tail_lengths():
         vae({"latents": torch.randn(rows, 4, 4, 4)})
     assert len(compiled) == 2 and len(vae.eager_shapes) == 3
     torch._dynamo.reset()
+
+
+@pytest.mark.requires_cuda
+def test_cuda_batches_match_solo_and_the_face_path_stays_on_the_device(golden):
+    from engine.pipeline.core import LipSyncCore
+    from engine.runtime import EnginePolicy
+    from engine.weights import load_models
+
+    models = load_models("tiny-random", device="cuda", dtype=torch.float16)
+
+    def core(**policy):
+        return LipSyncCore(unet=models.unet, vae=models.vae, audio_encoder=models.audio_encoder,
+                           resolution=models.resolution, device="cuda", dtype=torch.float16,
+                           policy=EnginePolicy(**policy))
+
+    solo, batched = core(max_batch=1), core(max_batch=2, max_wait_ms=20_000)
+    frames, landmarks, speech = demo1_inputs(golden, 2 * FRAMES)
+    inputs = (frames, landmarks, solo.plan_audio(speech[: 640 * 2 * FRAMES]))
+    want = [rgb(Chunk(solo, inputs, part, seed).submit().result(timeout=300)) for part, seed in ((0, 1), (1, 2))]
+    chunks = [Chunk(batched, inputs, part, seed) for part, seed in ((0, 1), (1, 2))]
+    assert all(item.frame_tensor is not None and item.frame_tensor.is_cuda for item in chunks[0].items)  # uploaded once
+    got = [rgb(p.result(timeout=300)) for p in [c.submit() for c in chunks]]
+    assert batched.engine.stats()["batch_sizes"] == {2: 1}
+    for a, b in zip(got, want):
+        worst, equal = agreement(a, b)
+        assert worst <= 2 and equal >= 0.99, (worst, equal)  # fp16 batched kernels: looser than CPU fp32
+    solo.close()
+    batched.close()

@@ -228,15 +228,15 @@ class _DeviceLoop:
     def stats_dict(self) -> dict:
         with self._cond:
             clocks, self._pending_clocks = self._pending_clocks, []
-        busy = sum(c.total_s for c in clocks)
+        busy = sum(c.total_s for c in clocks)  # waits for those batches' last CUDA events
         with self._cond:
             self.stats.busy_s += busy
             return self.stats.as_dict()
 
     # ------------------------------------------------------------------ device thread
     def _run(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
+        if self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device.index)  # events and allocations on the run device
         with torch.inference_mode():
             while True:
                 work = self._next()
@@ -288,15 +288,14 @@ class _DeviceLoop:
                 r.future.set_exception(DeadlineExceededError(
                     f"chunk frames {r.work.frame_range[0]}..{r.work.frame_range[1] - 1}: expected to start before "
                     f"its deadline, found it {late * 1000:.0f} ms late while queued; dropped without device work"))
-        self.stats.expired_requests += len(requests)
+        self._count(expired_requests=len(requests))
 
     def _run_call(self, fn: Callable, future: Future) -> None:
         if not future.set_running_or_notify_cancel():
             return
         t0 = time.perf_counter()
         _resolve(future, fn, oom=self._release_memory)
-        self.stats.calls += 1
-        self.stats.busy_s += time.perf_counter() - t0
+        self._count(calls=1, busy_s=time.perf_counter() - t0)
 
     def _run_requests(self, requests: list[Request]) -> None:
         live = [r for r in requests if r.future.set_running_or_notify_cancel()]
@@ -321,19 +320,17 @@ class _DeviceLoop:
             self._out_of_memory(requests, states, message)
             return
         total = sum(r.work.frames for r in requests)
-        self.stats.batches += 1
-        self.stats.batch_sizes[len(requests)] = self.stats.batch_sizes.get(len(requests), 0) + 1
+        failed = sum(isinstance(result, BaseException) for result in results)
+        self._count(batches=1, requests=len(requests) - failed, failed_requests=failed, batch_size=len(requests))
         self._account(clock)
         for request, result in zip(requests, results):
             if isinstance(result, BaseException):
-                self.stats.failed_requests += 1
                 request.future.set_exception(result)
             else:
-                self.stats.requests += 1
                 request.future.set_result(ChunkOutput(result, clock, request.work.frames / total, len(requests)))
 
     def _out_of_memory(self, requests: list[Request], states, message: str) -> None:
-        self.stats.oom_events += 1
+        self._count(oom_events=1)
         self._release_memory()
         if self.policy.oom_retry and len(requests) > 1:
             log.warning("out of memory on a batch of %d chunks (%s); retrying in halves", len(requests), message)
@@ -352,7 +349,7 @@ class _DeviceLoop:
             torch.cuda.empty_cache()
 
     def _fail(self, requests: list[Request], exc: BaseException) -> None:
-        self.stats.failed_requests += len(requests)
+        self._count(failed_requests=len(requests))
         for request in requests:
             request.future.set_exception(exc)
 
@@ -362,7 +359,16 @@ class _DeviceLoop:
                 self._pending_clocks.append(clock)
                 del self._pending_clocks[:-256]  # keep a bounded backlog
         else:
-            self.stats.busy_s += clock.total_s
+            self._count(busy_s=clock.total_s)
+
+    def _count(self, *, batch_size: int | None = None, **increments) -> None:
+        """Add to the counters (under the lock: `stats_dict` reads them from other threads)."""
+        with self._cond:
+            for name, value in increments.items():
+                setattr(self.stats, name, getattr(self.stats, name) + value)
+            if batch_size is not None:
+                sizes = self.stats.batch_sizes
+                sizes[batch_size] = sizes.get(batch_size, 0) + 1
 
     def _fp32_decoder(self):
         if self._fp32 is None and self._fp32_factory is not None:
