@@ -88,8 +88,8 @@ class PendingChunk:
                     faces = output.faces[kept] if len(kept) != len(self.chosen) else output.faces
                     restored = self.aligner.restore_batch(frames, faces, matrices).cpu().numpy()
                     synced = dict(zip(ks, restored))
-        return [
-            OutputFrame(index=j, source_index=item.source_index, rgb=synced.get(k, item.frame), has_face=k in synced)
+        return [  # has_face: the frame has a face (a strict-faces scan passes it through without generating)
+            OutputFrame(index=j, source_index=item.source_index, rgb=synced.get(k, item.frame), has_face=item.has_face)
             for k, (j, item) in enumerate(zip(self.indices[:self.emit], self.items[:self.emit]))
         ]
 
