@@ -25,6 +25,10 @@ class MediaDecodeError(EngineError):
     exit_code = 3
 
 
+class DecodeTimeoutError(MediaDecodeError):
+    """A decoder or its input stalled: no frame within the configured time (MediaLimits.stall_timeout_s)."""
+
+
 class NoFaceError(EngineError):
     """No usable face where one was required."""
 
@@ -35,6 +39,10 @@ class CheckpointError(EngineError):
     """A weight file is missing, unsafe, or does not match the expected layout."""
 
     exit_code = 5
+
+
+class DownloadError(CheckpointError):
+    """A model file is not cached and cannot be fetched (offline mode, host unreachable, download failed)."""
 
 
 class IncompatibleEngineError(EngineError):

@@ -92,7 +92,8 @@ def test_frames_interact_and_batches_do_not(tiny):
         changed = sample.clone()
         changed[:, :, 3] += 1.0
         moved = tiny(changed, timestep, audio)
-    torch.testing.assert_close(both[:1], first, atol=1e-5, rtol=0)  # batch elements are independent
+    # batch elements are independent up to the accumulation order of batched GEMMs (1.8e-5 seen on a 2-core Xeon)
+    torch.testing.assert_close(both[:1], first, atol=5e-5, rtol=0)
     assert (moved[:, :, 0] - both[:, :, 0]).abs().max() > 1e-4  # frame 3 affects frame 0 (norms, motion)
 
 

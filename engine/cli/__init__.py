@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 
+from engine.cli.signals import Terminated, exit_status, terminate_like_interrupt
 from engine.errors import EngineError
 
 # Order is the order shown in `engine --help`.
@@ -57,14 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from engine.weights.fetch import offline_mode
+
     try:
-        return int(args.func(args) or 0)
+        # --offline means no network for anything (hub, face models, evaluators); SIGTERM cleans up like Ctrl-C
+        with offline_mode(getattr(args, "offline", False)), terminate_like_interrupt():
+            return int(args.func(args) or 0)
     except EngineError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print("terminated" if isinstance(exc, Terminated) else "interrupted", file=sys.stderr)
+        return exit_status(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -35,10 +35,13 @@ def register(subparsers) -> None:
 
 def _prepare(args: argparse.Namespace) -> int:
     from engine.media import probe
+    from engine.media.paths import check_output_dir
+    from engine.media.preflight import check_video_packets
     from engine.stream import prepare_avatar
     from engine.stream.avatar import check_new_avatar_dir
 
-    probe(args.video, require_video=True)  # cheap, typed errors before any model loads
+    check_output_dir(args.out, inputs=(("--video", args.video),), what="avatar --out")  # never over the input
+    check_video_packets(args.video, probe(args.video, require_video=True))  # cheap, typed errors before any model loads
     check_new_avatar_dir(args.out)
     sync = load_sync(args)
     avatar = prepare_avatar(sync, args.video, args.out)

@@ -86,6 +86,11 @@ def _eval(args: argparse.Namespace) -> int:
         raise InvalidInputError("eval: expected --face or --box, found neither")
     probe(args.video, require_video=True)  # cheap typed failures (no stream, limits) before models load
     probe(audio, require_audio=True)
+    if args.json:
+        from engine.media.paths import check_output
+
+        check_output(args.json, inputs=(("--video", args.video), ("--audio", audio), ("--reference", args.reference)),
+                     suffixes=None, what="--json")
     networks = load_networks(**_network_args(args))
     boxes, landmarks = face_boxes(args.face, args.box, args.video)
     report = evaluate_clip(args.video, audio, boxes, networks, landmarks=landmarks, reference=args.reference,
@@ -127,11 +132,23 @@ def _sweep(args: argparse.Namespace, audio: str) -> int:
         offline=args.offline, eval=_eval_options(args),
     )  # fmt: skip
     plan_settings(options.baseline, list(options.settings or ()))  # bad settings: typed errors before any work
+    _check_sweep_outputs(Path(args.out or f"sweep-{Path(args.video).stem}"), (("--video", args.video), ("--audio", audio)))
     networks = load_networks(**_network_args(args))
     out = Path(args.out or f"sweep-{Path(args.video).stem}")
     table = run_sweep(args.video, audio, out, networks, options)
     print(_sweep_summary(table, out))
     return 0
+
+
+def _check_sweep_outputs(out: Path, inputs) -> None:
+    """Refuse before any work when a file the sweep writes (table files, runs/) would be one of its inputs."""
+    from engine.eval.sweep_table import FILES
+    from engine.media.paths import check_not_input, check_output_dir
+
+    check_output_dir(out, what="eval --sweep --out")
+    for name in FILES.values():
+        check_not_input(out / name, inputs, what="eval --sweep output")
+    check_not_input(out / "runs", inputs, what="eval --sweep runs folder", directory=True)
 
 
 def _default_device() -> str:

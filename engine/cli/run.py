@@ -37,13 +37,16 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from engine.media.paths import check_output
+    from engine.media.preflight import preflight
     from engine.pipeline.sdk import LipSync, write_report
 
-    # Validate media before loading any model (cheap, typed errors).
-    from engine.media import probe
-
-    probe(args.video, require_video=True)
-    probe(args.audio, require_audio=True)
+    # Everything about the files that can fail, before any model loads (about a second; typed errors):
+    # output path, video metadata and packets, the whole audio track decoded and validated.
+    checked = preflight(args.video, args.audio, args.output)
+    if args.report:
+        check_output(args.report, inputs=(("--video", args.video), ("--audio", args.audio), ("--output", args.output)),
+                     suffixes=None, what="--report")
     sync = LipSync.from_pretrained(
         args.model, device=args.device, dtype=args.dtype, face=args.face, backend=args.backend, offline=args.offline
     )
@@ -60,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         result = sync(
-            args.video, args.audio, args.output, preset=args.preset, steps=args.steps, guidance=args.guidance,
+            args.video, checked.samples, str(checked.output), preset=args.preset, steps=args.steps, guidance=args.guidance,
             deepcache=args.deepcache, seed=args.seed, strict_faces=args.strict_faces, crf=args.crf,
             progress=progress, length=args.length,
         )

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from engine.errors import CheckpointError
-from engine.weights.checkpoints import check_state_dict, read_safetensors, read_torch_file, sha256_file
+from engine.weights.checkpoints import check_state_dict, read_safetensors, read_torch_file
+from engine.weights.fetch import sha256_file  # noqa: F401 - the one hash helper, re-exported for callers
 
 log = logging.getLogger(__name__)
 
@@ -45,41 +46,18 @@ SYNCNET_V2 = CheckpointSpec("syncnet_v2", "ByteDance/LatentSync", "auxiliary/syn
 STABLE_SYNCNET = CheckpointSpec("stable_syncnet", "ByteDance/LatentSync-1.6", "stable_syncnet.pt")
 
 
-def _hub_sha256(spec: CheckpointSpec) -> str | None:
-    """The sha256 the Hub declares for an LFS file (its etag), or None when unknown."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-
-    try:
-        etag = (get_hf_file_metadata(hf_hub_url(spec.repo_id, spec.filename)).etag or "").strip('"')
-    except Exception:  # metadata is a second opinion; the recorded hash still guards the cache
-        return None
-    return etag if len(etag) == 64 else None
-
-
 def fetch_checkpoint(spec: CheckpointSpec, *, cache_dir: str | Path | None = None, offline: bool = False) -> Path:
     """Download `spec` on first use (or find it in the cache) and check its sha256.
 
-    The expected hash is `spec.sha256` when pinned, else the Hub's LFS hash; it is recorded beside the file
-    (`<file>.sha256`) on first use so a later corruption of the cached file is detected offline too.
+    The expected hash is `spec.sha256` when pinned, else the one recorded beside the file on first use
+    (`<file>.sha256`, see engine.weights.fetch.checked_or_recorded), else the Hub's LFS hash.
     """
+    from engine.weights.fetch import checked_or_recorded, hub_sha256
     from engine.weights.files import hub_file
 
     path = hub_file(spec.repo_id, spec.filename, offline=offline, cache_dir=cache_dir)
-    record = path.with_name(path.name + ".sha256")
-    expected = spec.sha256 or (record.read_text().strip() if record.exists() else None)
-    if expected is None and not offline:
-        expected = _hub_sha256(spec)
-    actual = sha256_file(path)
-    if expected is not None and actual != expected.lower():
-        raise CheckpointError(f"{spec.name} {path}: expected sha256 {expected}, found {actual}")
-    if expected is None:
-        log.warning("%s: no known sha256; recording %s for later checks", spec.name, actual)
-    if not record.exists():
-        try:
-            record.write_text(actual + "\n")
-        except OSError:  # read-only cache: the check above already ran
-            pass
-    return path
+    return checked_or_recorded(path, spec.sha256, what=spec.name,
+                               second_opinion=lambda: hub_sha256(spec.repo_id, spec.filename, offline=offline))
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ after the video (MediaInfo.audio.start_s says by how much).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import struct
@@ -25,6 +26,8 @@ import numpy as np
 from engine.constants import SAMPLE_RATE
 from engine.errors import InvalidInputError, MediaDecodeError, expect
 from engine.media.probe import MediaLimits, configure_decoder, iter_decoded, open_input, probe, stream_name
+
+log = logging.getLogger(__name__)
 
 INT16_SCALE = 32768.0  # int16 -> float: x / 32768, the official Whisper load
 FLOAT_SAMPLE_FORMATS = frozenset({"flt", "fltp", "dbl", "dblp"})
@@ -52,9 +55,8 @@ def load_pcm16(path: str | os.PathLike, *, sample_rate: int = SAMPLE_RATE,
            sample_rate)
     info = probe(path, limits=limits, require_audio=True, decode_check=False)
     a = info.audio
-    if info.format == "wav":
-        _check_wav_size(info.path, a)
-    with open_input(path, limits=limits) as container:
+    options = _wav_options(info.path, a) if info.format == "wav" else {}
+    with open_input(path, limits=limits, options=options) as container:
         stream = container.streams[a.index]
         configure_decoder(stream, limits)
         resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
@@ -92,24 +94,50 @@ def _check_complete(decoded: int, a, codec_frame: int, path) -> None:
                                f"{decoded / a.sample_rate:.3f} s (truncated file)")
 
 
-def _check_wav_size(path: str, a) -> None:
-    """A WAV whose data chunk is cut short decodes silently; compare its header with the file size."""
+def _wav_options(path: str, a) -> dict[str, str]:
+    """Demuxer options after comparing a WAV's data-chunk size with the file.
+
+    Cut short: MediaDecodeError (the samples are gone). Longer than declared, with bytes after the
+    data chunk that are not WAV chunks (a writer that died before fixing the header): read every
+    sample present (`ignore_length`) and say so, instead of silently dropping the tail of the speech.
+    """
     with open(path, "rb") as f:
         head = f.read(12)
         if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            return
+            return {}
+        total = os.fstat(f.fileno()).st_size
         while True:
             chunk = f.read(8)
             if len(chunk) < 8:
-                return
+                return {}
             kind, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
             if kind == b"data":
-                present = os.fstat(f.fileno()).st_size - f.tell()
-                if size not in WAV_UNKNOWN_SIZES and present < size:
+                present = total - f.tell()
+                if size in WAV_UNKNOWN_SIZES:
+                    return {}
+                if present < size:
                     raise MediaDecodeError(f"{path}: {a.name}: expected {size} bytes of samples as the WAV "
                                            f"header declares, found {present} (truncated file)")
-                return
+                after = f.tell() + size + (size & 1)
+                if after < total and not _chunks_fill(f, after, total):
+                    log.warning("%s: %s: the WAV header declares %d bytes of samples but %d follow, not as WAV "
+                                "chunks; reading all of them", path, a.name, size, present)
+                    return {"ignore_length": "1"}
+                return {}
             f.seek(size + (size & 1), os.SEEK_CUR)
+
+
+def _chunks_fill(f, start: int, total: int) -> bool:
+    """True when the bytes from `start` to the end of the file are well-formed RIFF chunks (LIST, id3, ...)."""
+    pos = start
+    while pos + 8 <= total:
+        f.seek(pos)
+        chunk = f.read(8)
+        kind, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+        if not all(32 <= b < 127 for b in kind) or pos + 8 + size > total:
+            return False
+        pos += 8 + size + (size & 1)
+    return total - pos <= 1
 
 
 def _trim_codec_padding(pcm: np.ndarray, declared_s: float, codec_frame: int, source_rate: int,

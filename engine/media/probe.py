@@ -33,6 +33,8 @@ _MEDIA_MAGIC = (
 class MediaLimits:
     """What the engine accepts, checked against container metadata before any frame is decoded."""
 
+    min_width: int = 16  # px, displayed width (a 1x1 or 2x2 "video" is not a picture of anything)
+    min_height: int = 16  # px, displayed height
     max_width: int = 8192  # px, displayed width
     max_height: int = 8192  # px, displayed height
     max_pixels: int = 8192 * 4320  # px per frame (8K)
@@ -43,12 +45,15 @@ class MediaLimits:
     max_channels: int = 16
     max_file_bytes: int = 64 * 2**30
     strict_decode: bool = True  # decoders raise on bitstream errors (err_detect=explode) instead of concealing
+    stall_timeout_s: float | None = 60.0  # s without a decoded frame before the job fails (R2); None: no watchdog
 
     def __post_init__(self) -> None:
-        for name in ("max_width", "max_height", "max_pixels", "max_duration_s", "max_fps",
+        for name in ("min_width", "min_height", "max_width", "max_height", "max_pixels", "max_duration_s", "max_fps",
                      "min_sample_rate", "max_sample_rate", "max_channels", "max_file_bytes"):
             value = getattr(self, name)
             expect(value > 0, InvalidInputError, f"MediaLimits.{name}", "> 0", value)
+        expect(self.stall_timeout_s is None or self.stall_timeout_s > 0, InvalidInputError,
+               "MediaLimits.stall_timeout_s", "None or > 0", self.stall_timeout_s)
         expect(self.min_sample_rate <= self.max_sample_rate, InvalidInputError, "MediaLimits sample-rate range",
                "min_sample_rate <= max_sample_rate", (self.min_sample_rate, self.max_sample_rate))
 
@@ -145,12 +150,12 @@ def _has_media_magic(p: Path) -> bool:
 
 
 @contextlib.contextmanager
-def open_input(path: str | os.PathLike, *,
-               limits: MediaLimits = MediaLimits()) -> Iterator[av.container.InputContainer]:
-    """Open `path` for reading with PyAV; map open failures to typed errors and always close."""
+def open_input(path: str | os.PathLike, *, limits: MediaLimits = MediaLimits(),
+               options: dict[str, str] | None = None) -> Iterator[av.container.InputContainer]:
+    """Open `path` for reading with PyAV (demuxer `options`); map open failures to typed errors and always close."""
     p = check_path(path, limits=limits)
     try:
-        container = av.open(str(p), mode="r", metadata_errors="ignore")
+        container = av.open(str(p), mode="r", metadata_errors="ignore", options=options or {})
     except (av.FFmpegError, OSError) as e:
         if _has_media_magic(p):
             raise MediaDecodeError(f"{p}: expected a readable media container, found a corrupt one "
@@ -203,6 +208,10 @@ def info_from_container(container: av.container.InputContainer, path: str | os.P
     duration = (container.duration or 0) / av.time_base
     videos = [s for s in container.streams.video if not _is_attached_picture(s)]
     audios = list(container.streams.audio)
+    for s in videos[:1] + audios[:1]:
+        if s.codec_context is None:  # FFmpeg found no decoder for what the header says (corrupt or unsupported)
+            raise MediaDecodeError(f"{path}: {describe_stream(s.index, s.type, 'unknown codec')}: expected a codec "
+                                   "FFmpeg can decode, found none (corrupt header or unsupported codec)")
     return MediaInfo(
         path=str(path), format=container.format.name, size_bytes=Path(path).stat().st_size, duration_s=duration,
         streams=tuple(s.type for s in container.streams),
@@ -232,6 +241,9 @@ def check_limits(info: MediaInfo, limits: MediaLimits, *, require_video: bool, r
         what = f"{p}: {v.name}"
         expect(v.width > 0 and v.height > 0, InvalidInputError, f"{what} size", "a positive size",
                f"{v.width}x{v.height}")
+        expect(v.width >= limits.min_width and v.height >= limits.min_height, InvalidInputError, f"{what} size",
+               f"at least {limits.min_width}x{limits.min_height} px (MediaLimits.min_width/min_height)",
+               f"{v.width}x{v.height} px")
         _check_max(f"{what} width", v.width, limits.max_width, "px", "max_width")
         _check_max(f"{what} height", v.height, limits.max_height, "px", "max_height")
         _check_max(f"{what} pixels per frame", v.width * v.height, limits.max_pixels, "px", "max_pixels")
@@ -255,7 +267,8 @@ def _check_max(what: str, value: float, limit: float, unit: str, field: str) -> 
 
 def stream_name(stream) -> str:
     """The name of an open PyAV stream in error messages."""
-    return describe_stream(stream.index, stream.type, stream.codec_context.name)
+    cc = stream.codec_context
+    return describe_stream(stream.index, stream.type, cc.name if cc is not None else "no decoder")
 
 
 def configure_decoder(stream, limits: MediaLimits) -> None:
@@ -267,8 +280,12 @@ def configure_decoder(stream, limits: MediaLimits) -> None:
         cc.thread_type = "AUTO"
 
 
-def iter_decoded(container: av.container.InputContainer, *streams) -> Iterator[tuple[object, av.frame.Frame]]:
-    """Yield (stream, frame) in decode order; demux/decode failures become MediaDecodeError naming the stream."""
+def iter_decoded(container: av.container.InputContainer, *streams,
+                 seen: set[int] | None = None) -> Iterator[tuple[object, av.frame.Frame]]:
+    """Yield (stream, frame) in decode order; demux/decode failures become MediaDecodeError naming the stream.
+
+    `seen`, when given, collects the indices of streams that delivered a non-empty packet.
+    """
     packets = container.demux(*streams)
     names = {s.index: stream_name(s) for s in streams}
     default = names[streams[0].index] if len(streams) == 1 else "container"
@@ -279,6 +296,8 @@ def iter_decoded(container: av.container.InputContainer, *streams) -> Iterator[t
             return
         except (av.FFmpegError, OSError) as e:
             raise decode_error(default, container.name, e, "demux") from e
+        if seen is not None and packet.size:
+            seen.add(packet.stream.index)
         try:
             frames = packet.decode()
         except (av.FFmpegError, OSError) as e:
@@ -294,14 +313,19 @@ def _decode_first_frames(container: av.container.InputContainer, info: MediaInfo
     for s in wanted:
         configure_decoder(s, limits)
     pending = {s.index for s in wanted}
+    with_data: set[int] = set()  # streams that had at least one non-empty packet
     rotation = 0
-    for stream, frame in iter_decoded(container, *wanted):
+    for stream, frame in iter_decoded(container, *wanted, seen=with_data):
         if stream.index in pending:
             pending.discard(stream.index)
             if stream.type == "video":
                 rotation = int(round(frame.rotation / 90.0)) * 90 % 360
         if not pending:
             return rotation
+    empty = [stream_name(container.streams[i]) for i in sorted(pending) if i not in with_data]
+    if empty:
+        raise InvalidInputError(f"{info.path}: {', '.join(empty)}: expected at least one frame or sample, "
+                                "found a zero-length stream")
     names = [stream_name(container.streams[i]) for i in sorted(pending)]
     raise MediaDecodeError(f"{info.path}: {', '.join(names)}: expected at least one decodable frame, found none "
                            "(truncated or corrupt file)")

@@ -23,6 +23,7 @@ from engine.constants import FPS
 from engine.errors import InvalidInputError, MediaDecodeError, expect
 from engine.media.probe import (MediaLimits, VideoInfo, configure_decoder, iter_decoded, open_input, probe,
                                 stream_name)
+from engine.media.watchdog import with_timeout
 
 RATE_DENOMINATOR_LIMIT = 1_000_000  # float fps -> Fraction (29.97002997 -> 30000/1001)
 TRUNCATION_TOLERANCE_FRAMES = 2  # decoded end may fall short of the declared duration by this much
@@ -97,9 +98,16 @@ def iter_video_frames(path: str | os.PathLike, *, fps: float | Fraction = FPS, l
     expect(start_s >= 0, InvalidInputError, "start_s", ">= 0", start_s)
     expect(max_frames is None or max_frames >= 0, InvalidInputError, "max_frames", "None or >= 0", max_frames)
     info = probe(path, limits=limits, require_video=True, decode_check=False)
-    v = info.video
     if max_frames == 0:
         return
+    frames = _decode_resampled(path, info, rate, limits, start_s, max_frames, autorotate)
+    yield from with_timeout(frames, limits.stall_timeout_s, f"{info.path}: {info.video.name}")
+
+
+def _decode_resampled(path, info, rate: Fraction, limits: MediaLimits, start_s: float, max_frames: int | None,
+                      autorotate: bool) -> Iterator[VideoFrame]:
+    """The body of iter_video_frames (run under its stall watchdog)."""
+    v = info.video
     with open_input(path, limits=limits) as container:
         stream = container.streams[v.index]
         configure_decoder(stream, limits)

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 import wave
 import weakref
 from fractions import Fraction
@@ -29,6 +28,7 @@ import numpy as np
 from engine.constants import FPS, SAMPLE_RATE
 from engine.errors import InvalidInputError, expect
 from engine.media.audio import INT16_SCALE, load_audio
+from engine.media.paths import check_output, partial_path
 from engine.media.probe import MediaInfo, MediaLimits, probe
 from engine.media.video import as_rate, iter_video_frames
 
@@ -40,8 +40,8 @@ MAX_CRF = 51
 
 
 def temporary_path(target: Path) -> Path:
-    """A unique hidden name in the target's directory, so the final rename stays on one filesystem."""
-    return target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.partial")
+    """A unique hidden name in the target's directory, naming its owner (see engine.media.paths)."""
+    return partial_path(target)
 
 
 def _remove(path: Path) -> None:
@@ -61,13 +61,8 @@ def _discard(container, tmp: Path) -> None:
 
 
 def _output_dir(path: str | os.PathLike) -> Path:
-    expect(isinstance(path, (str, os.PathLike)), InvalidInputError, "output path", "str or os.PathLike",
-           type(path).__name__)
-    target = Path(os.fspath(path)).absolute()
-    expect(target.parent.is_dir(), InvalidInputError, f"{target}", "an existing output directory",
-           f"no directory {target.parent}")
-    expect(not target.is_dir(), InvalidInputError, f"{target}", "a file path", "a directory")
-    return target
+    """The checked target (directory exists and is writable, not a directory); stale .partial files removed."""
+    return check_output(path, suffixes=None)
 
 
 def _check_samples(samples: np.ndarray, what: str) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -17,13 +16,14 @@ import torch
 from torch import Tensor
 
 from engine.errors import CheckpointError
+from engine.media.paths import default_mode
+from engine.weights.fetch import sha256_file, verify_sha256  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
 LFS_POINTER_PREFIX = b"version https://git-lfs"
 SAFETENSORS_SUFFIX = ".safetensors"
 MAX_LISTED_KEYS = 5  # keys named per problem kind in an error message
-HASH_CHUNK_BYTES = 1 << 22
 
 
 def _check_file(path: Path) -> None:
@@ -128,6 +128,7 @@ def check_state_dict(found: Mapping[str, Tensor], expected: Mapping[str, Tensor]
         if k in found and k not in misshaped and found[k].is_floating_point() != expected[k].is_floating_point()
     ]
     if not (missing or unexpected or misshaped or wrong_kind):
+        check_finite(found, source=source)
         return
     parts = []
     for k in missing[:MAX_LISTED_KEYS]:
@@ -142,18 +143,26 @@ def check_state_dict(found: Mapping[str, Tensor], expected: Mapping[str, Tensor]
     raise CheckpointError(f"{source}: checkpoint does not match the model ({counts}): " + "; ".join(parts))
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+def check_finite(state: Mapping[str, Tensor], *, source: str | os.PathLike) -> None:
+    """CheckpointError naming every tensor (up to 5) that holds NaN or Inf: such weights give garbage, not an error.
 
-
-def verify_sha256(path: str | os.PathLike, expected: str) -> None:
-    found = sha256_file(path)
-    if found != expected.lower():
-        raise CheckpointError(f"{path}: expected sha256 {expected}, found {found}")
+    One sum per floating tensor, no temporary of the tensor's size: NaN and Inf always survive a sum, so
+    a finite sum proves the tensor finite; a non-finite sum (or an overflow of large finite values) is
+    settled by the exact element check. About 0.5 ns per parameter on one core (benchmarks/checkpoint_finite.py).
+    """
+    bad = []
+    for key, tensor in state.items():
+        if isinstance(tensor, Tensor) and tensor.is_floating_point() and tensor.numel() and not tensor.is_meta:
+            if not torch.isfinite(tensor.sum()) and not bool(torch.isfinite(tensor).all()):
+                bad.append(key)
+    if not bad:
+        return
+    parts = []
+    for key in bad[:MAX_LISTED_KEYS]:
+        t = state[key]
+        parts.append(f"{key!r} ({int(torch.isnan(t).sum())} NaN, {int(torch.isinf(t).sum())} Inf of {t.numel()})")
+    raise CheckpointError(f"{source}: expected finite weights, found non-finite values in {len(bad)} tensor(s): "
+                          + "; ".join(parts))
 
 
 def write_official_unet_checkpoint(state_dict: Mapping[str, Tensor], path: str | os.PathLike) -> None:
@@ -182,6 +191,7 @@ def atomic_write(path: Path, writer) -> None:
     os.close(fd)
     try:
         writer(tmp)
+        os.chmod(tmp, default_mode())  # mkstemp makes it private (0600); the result is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

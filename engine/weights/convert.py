@@ -14,7 +14,9 @@ import torch
 from torch import Tensor
 
 from engine.errors import CheckpointError, InvalidInputError
+from engine.media.paths import check_not_input, check_output_dir, default_mode
 from engine.weights.checkpoints import (
+    check_finite,
     check_state_dict,
     read_checkpoint,
     sha256_file,
@@ -76,7 +78,11 @@ def convert_model(name_or_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     out = Path(out_dir).expanduser()
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InvalidInputError(f"convert output {out}: expected a new or empty directory, found existing files")
+    out = check_output_dir(out, what="convert --out")
     files = resolve_model(name_or_dir, offline=offline, cache_dir=cache_dir)
+    sources = [("--model", name_or_dir)] if Path(name_or_dir).expanduser().is_dir() else []
+    sources += [("model file", files.unet_path), ("model file", files.whisper_path), ("model folder", files.vae_dir)]
+    check_not_input(out, sources, what="convert --out", directory=True)  # --overwrite would delete them
     res = pick_resolution(files, resolution)
     for path, digest in files.sha256.items():
         verify_sha256(path, digest)
@@ -87,11 +93,12 @@ def convert_model(name_or_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         vae_skeleton = build_vae(vae_config)
     check_state_dict(vae_state, vae_skeleton.state_dict(), source=files.vae_dir / VAE_WEIGHTS_FILE)
     dims, whisper_state = read_whisper_encoder_state(files.whisper_path)
+    check_finite(whisper_state, source=files.whisper_path)
     load_whisper_encoder({"dims": dims, "model_state_dict": whisper_state})  # strict check of the encoder keys
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
+    tmp.chmod(default_mode(directory=True))  # mkdtemp makes it private; the result is an ordinary folder
     try:
         write_safetensors(unet_state, tmp / UNET_SAFETENSORS)
         write_json(files.unet_config, tmp / UNET_CONFIG_JSON)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import CheckpointError, InvalidInputError
+from engine.weights.fetch import hub_file, is_offline  # noqa: F401 - re-exported: the one fetch path
 from engine.weights.registry import (
     MODELS,
     OFFICIAL_VAE_REPO,
@@ -28,7 +29,6 @@ UNET_FILES = ("unet.safetensors", "latentsync_unet.pt")  # first found wins
 WHISPER_FILES = ("whisper/encoder.safetensors", "whisper/tiny.pt")
 VAE_DIR = "vae"  # optional diffusers AutoencoderKL folder; default = the hub VAE
 ENGINE_CACHE_ENV = "LATENTSYNC_ENGINE_CACHE"
-HF_OFFLINE_ENV = "HF_HUB_OFFLINE"
 
 
 @dataclass(frozen=True)
@@ -49,32 +49,6 @@ def engine_cache_dir() -> Path:
     """Root of files this engine materialises itself (tiny-random): $LATENTSYNC_ENGINE_CACHE or ~/.cache/latentsync-engine."""
     env = os.environ.get(ENGINE_CACHE_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "latentsync-engine"
-
-
-def is_offline(offline: bool = False) -> bool:
-    return offline or os.environ.get(HF_OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def hub_file(repo: str, filename: str, *, revision: str | None = None, offline: bool = False,
-             cache_dir: str | os.PathLike | None = None) -> Path:
-    """Path of `filename` of hub repo `repo` in the HF cache, downloading it unless offline."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    offline = is_offline(offline)
-    where = f"{repo}/{filename}" + (f"@{revision}" if revision else "")
-    try:
-        return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir, local_files_only=offline))
-    except LocalEntryNotFoundError as exc:
-        how = "offline mode is on (offline=True or HF_HUB_OFFLINE)" if offline else "the hub could not be reached"
-        raise CheckpointError(
-            f"{where}: expected it in the Hugging Face cache ({cache_dir or 'default HF cache'}) because {how}, "
-            "found nothing; download it once online, or pass a local directory with the files"
-        ) from exc
-    except (RepositoryNotFoundError, EntryNotFoundError) as exc:
-        raise CheckpointError(f"{where}: expected a file on the hub, found none ({exc})") from exc
-    except HfHubHTTPError as exc:
-        raise CheckpointError(f"{where}: download failed ({exc})") from exc
 
 
 def hub_vae_dir(*, offline: bool = False, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -119,6 +93,9 @@ def _resolve_local(root: Path, *, offline: bool, cache_dir) -> ModelFiles:
         unet_config = unet_config.get("model", unet_config)  # accept a whole YAML-like config too
     else:
         unet_config = _default_unet_config()
+    # The folder's own files first (an empty folder names the U-Net), the hub VAE only when they are there.
+    unet_path = _first_existing(root, UNET_FILES, "U-Net checkpoint")
+    whisper_path = _first_existing(root, WHISPER_FILES, "Whisper checkpoint")
     vae_dir = root / VAE_DIR if (root / VAE_DIR / VAE_CONFIG_FILE).is_file() else hub_vae_dir(offline=offline, cache_dir=cache_dir)
     hashes = meta.get("sha256", {})
     if not isinstance(hashes, dict):
@@ -126,9 +103,9 @@ def _resolve_local(root: Path, *, offline: bool, cache_dir) -> ModelFiles:
     return ModelFiles(
         name=str(meta.get("name", root)),
         resolution=resolution,
-        unet_path=_first_existing(root, UNET_FILES, "U-Net checkpoint"),
+        unet_path=unet_path,
         unet_config=unet_config,
-        whisper_path=_first_existing(root, WHISPER_FILES, "Whisper checkpoint"),
+        whisper_path=whisper_path,
         vae_dir=vae_dir,
         is_random=bool(meta.get("is_random", False)),
         sha256={root / rel: str(h) for rel, h in hashes.items()},

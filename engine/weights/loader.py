@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from engine.errors import CheckpointError, InvalidInputError
-from engine.weights.checkpoints import check_state_dict, read_checkpoint, read_state_dict, verify_sha256
+from engine.weights.checkpoints import check_finite, check_state_dict, read_checkpoint, read_state_dict, verify_sha256
 from engine.weights.files import ModelFiles, read_json_object, resolve_model
 from engine.weights.registry import RESOLUTIONS, VAE_CONFIG_FILE, VAE_WEIGHTS_FILE
 
@@ -136,9 +136,12 @@ def load_whisper(path: str | os.PathLike, *, device: str | torch.device = "cpu")
 
     payload = read_checkpoint(path)  # the same safe reader and errors as every other file
     if Path(path).suffix == ".safetensors":
+        check_finite(payload, source=path)
         payload = path  # dims live in the file's metadata
     elif not isinstance(payload, dict):
         raise CheckpointError(f"{path}: expected {{'dims', 'model_state_dict'}}, found {type(payload).__name__}")
+    elif isinstance(payload.get("model_state_dict"), dict):
+        check_finite(payload["model_state_dict"], source=path)
     with torch.random.fork_rng(devices=[]):  # the encoder is built with a random init first
         encoder = load_whisper_encoder(payload)
     return encoder.to(device)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import CheckpointError
+from engine.media.paths import default_mode
 from engine.weights.checkpoints import sha256_file, write_json, write_official_unet_checkpoint, write_safetensors
 from engine.weights.files import ENGINE_JSON, UNET_CONFIG_JSON, VAE_DIR, read_json_object, engine_cache_dir
 from engine.weights.registry import TINY_RANDOM, VAE_CONFIG_FILE, VAE_WEIGHTS_FILE
@@ -114,7 +115,7 @@ def ensure_tiny_random(cache_dir: str | os.PathLike | None = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     log.warning("%s; writing it to %s", TINY_WARNING, target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{TINY_RANDOM}.", dir=root))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
+    tmp.chmod(default_mode(directory=True))  # mkdtemp makes it private; the result is an ordinary folder
     try:
         write_tiny_random(tmp)
         if target.exists() and not _is_complete(target):  # stale version or a broken copy

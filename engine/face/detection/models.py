@@ -14,12 +14,14 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import CheckpointError
+from engine.errors import CheckpointError, DownloadError
+from engine.weights.fetch import DOWNLOAD_TIMEOUT_S, is_offline, open_url, require_online, sha256_file, verify_sha256
+
+sha256_of = sha256_file  # the name this module used to define; one implementation (engine.weights.fetch)
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "LATENTSYNC_ENGINE_CACHE"
-DOWNLOAD_TIMEOUT_S = 60
 PIP_TIMEOUT_S = 600
 RANGE_BLOCK = 1 << 18  # bytes per HTTP range request when reading single members of a remote wheel
 
@@ -86,22 +88,11 @@ def cache_dir() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "latentsync-engine" / "models"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verified(path: Path, model: ModelFile) -> Path:
     """Return `path` if it holds exactly `model`, else raise CheckpointError naming file, expected and found."""
     if not path.is_file():
         raise CheckpointError(f"{path}: expected the model file {model.name}, found nothing")
-    found = sha256_of(path)
-    if found != model.sha256:
-        raise CheckpointError(f"{path}: expected sha256 {model.sha256}, found {found} (corrupt or wrong file)")
-    return path
+    return verify_sha256(path, model.sha256)
 
 
 def cached(model: ModelFile, root: Path | None = None) -> Path | None:
@@ -115,7 +106,7 @@ def cached(model: ModelFile, root: Path | None = None) -> Path | None:
     for other in model.also_at:
         candidate = Path(other).expanduser()
         if candidate.is_file():
-            if sha256_of(candidate) == model.sha256:
+            if sha256_file(candidate) == model.sha256:
                 return candidate
             log.warning("%s: sha256 differs from %s %s; not used", candidate, model.name, model.sha256)
     return None
@@ -127,8 +118,7 @@ def ensure(model: ModelFile, archive: Archive, *, root: Path | None = None, offl
     path = cached(model, root)
     if path is not None:
         return path
-    if offline:
-        raise CheckpointError(f"{root / model.name}: expected a cached model file, found nothing (offline mode)")
+    require_online(f"{root / model.name} ({archive.license})", offline)
     log.info("fetching %s from %s (%s)", model.name, archive.urls[0], archive.license)
     fetch_members(archive, root)
     return verified(root / model.name, model)
@@ -142,11 +132,13 @@ def fetch_members(archive: Archive, root: Path) -> None:
             with _open_zip(url, archive.sha256) as zf:
                 _extract(zf, archive, root, url)
             return
+        except DownloadError as exc:  # offline, or the host does not resolve: try the next way
+            errors.append(f"{url}: {exc}")
         except CheckpointError:
             raise
         except (OSError, zipfile.BadZipFile, ValueError) as exc:  # network or format trouble: try the next way
             errors.append(f"{url}: {type(exc).__name__}: {exc}")
-    if archive.pip_args:
+    if archive.pip_args and not is_offline():
         with tempfile.TemporaryDirectory() as tmp:
             command = [sys.executable, "-m", "pip", "download", *archive.pip_args, "-d", tmp, "--quiet"]
             done = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False)
@@ -185,8 +177,8 @@ def _open_zip(url: str, sha256: str | None) -> zipfile.ZipFile:
     """A ZipFile over `url`: local paths / file:// read directly; http(s) read by range requests when allowed."""
     if url.startswith("file://") or "://" not in url:
         local = Path(urllib.request.url2pathname(url[len("file://"):]) if url.startswith("file://") else url)
-        if sha256 is not None and sha256_of(local) != sha256:
-            raise CheckpointError(f"{local}: expected sha256 {sha256}, found {sha256_of(local)}")
+        if sha256 is not None:
+            verify_sha256(local, sha256)
         return zipfile.ZipFile(local)
     try:
         return zipfile.ZipFile(io.BufferedReader(_HttpRangeFile(url), buffer_size=RANGE_BLOCK))
@@ -194,7 +186,7 @@ def _open_zip(url: str, sha256: str | None) -> zipfile.ZipFile:
         pass
     spool = tempfile.TemporaryFile()  # the whole archive, streamed to disk (buffalo_l is ~280 MB)
     digest = hashlib.sha256()
-    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:  # noqa: S310 - fixed https URLs
+    with open_url(url, timeout_s=DOWNLOAD_TIMEOUT_S) as response:
         for block in iter(lambda: response.read(1 << 20), b""):
             digest.update(block)
             spool.write(block)
@@ -217,8 +209,7 @@ class _HttpRangeFile(io.RawIOBase):
         self.size = self._probe()
 
     def _get(self, start: int, stop: int):
-        request = urllib.request.Request(self.url, headers={"Range": f"bytes={start}-{stop - 1}"})
-        return urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S)  # noqa: S310
+        return open_url(self.url, headers={"Range": f"bytes={start}-{stop - 1}"}, timeout_s=DOWNLOAD_TIMEOUT_S)
 
     def _probe(self) -> int:
         with self._get(0, 1) as response:
