@@ -3,6 +3,8 @@ job admission, cancellation and deadlines, and no threads left after close()."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from concurrent.futures import CancelledError
@@ -144,3 +146,22 @@ def test_job_admission_cancellation_within_one_chunk_and_queued_deadlines(sync, 
     s.close()
     assert not any(t.is_alive() for t in [s.core.engine._loop.thread])
     assert not [t for t in threading.enumerate() if t.name in ("lipsync-prepare", "lipsync-finish")]
+
+
+def test_an_interrupted_call_stops_its_job_and_leaves_no_partial_file(sync, clips, tmp_path):
+    video, speech = clips[0]
+    writing = threading.Event()
+
+    def interrupt():  # Ctrl-C (SIGTERM under `engine run`) while the job is writing its output
+        if writing.wait(300):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        sync(video, np.tile(speech, 6), tmp_path / "out.mp4", face="mediapipe",
+             progress=lambda done, total: writing.set(), **FAST)
+    assert list(tmp_path.iterdir()) == []  # the finish stage aborted its writer before the call returned
+    deadline = time.monotonic() + 120
+    while [t for t in threading.enumerate() if t.name in ("lipsync-prepare", "lipsync-finish")]:
+        assert time.monotonic() < deadline, "the job's stage threads did not stop"
+        time.sleep(0.1)

@@ -9,12 +9,16 @@ with the faces still on the run device.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future
+import time
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import numpy as np
 import torch
 
 from engine.pipeline.source import SourceItem
+
+POLL_S = 0.05  # how often a wait for the device re-checks for cancellation
 
 
 def prepare_chunk(items: list[SourceItem], chosen: list[int], audio_embeds: torch.Tensor, config, init_noise,
@@ -65,18 +69,35 @@ class PendingChunk:
     def cancel(self) -> bool:
         return self.future is not None and self.future.cancel()
 
-    def result(self, timeout: float | None = None) -> list:
+    def result(self, timeout: float | None = None, *, cancelled=None) -> list:
+        """The finished frames; raises the chunk's typed error, TimeoutError, or CancelledError once
+        `cancelled()` turns true while waiting for the device."""
         with self._lock:
             if self._frames is None:
-                self._frames = self._finish(timeout)
+                self._frames = self._finish(self._device_output(timeout, cancelled))
             return self._frames
 
-    def _finish(self, timeout: float | None) -> list:
+    def _device_output(self, timeout: float | None, cancelled):
+        if self.future is None:
+            return None
+        if cancelled is None:
+            return self.future.result(timeout)  # raises the request's typed error
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if cancelled():
+                raise CancelledError()
+            wait = POLL_S if deadline is None else min(POLL_S, max(0.0, deadline - time.monotonic()))
+            try:
+                return self.future.result(wait)
+            except FutureTimeout:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+    def _finish(self, output) -> list:
         from engine.pipeline.core import OutputFrame
 
         synced: dict[int, np.ndarray] = {}
-        if self.future is not None:
-            output = self.future.result(timeout)  # raises the request's typed error
+        if output is not None:
             for stage, seconds in output.stage_seconds().items():  # this chunk's share of its batch
                 self.timer.add(stage, seconds)
             kept = [n for n, k in enumerate(self.chosen) if k < self.emit]

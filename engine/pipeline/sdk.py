@@ -20,6 +20,7 @@ from engine.pipeline.device import Placement, choose_placement
 from engine.pipeline.faces import make_landmark_source, needs_detector
 
 log = logging.getLogger(__name__)
+CANCEL_WAIT_S = 30.0  # how long an interrupted call waits for its job to clean up (one device batch at most)
 
 
 def frame_ranges(indices: Iterable[int]) -> list[tuple[int, int]]:
@@ -173,7 +174,9 @@ class LipSync:
         try:
             return handle.result()
         except BaseException:
-            handle.cancel()  # e.g. KeyboardInterrupt in the caller: stop the job's stages too
+            # e.g. Ctrl-C / SIGTERM in the caller: stop the job and let it remove its partial output first
+            handle.cancel()
+            handle.wait(CANCEL_WAIT_S)
             raise
 
     def submit(self, video, audio, output=None, *, config: SyncConfig | None = None, face=None,
@@ -307,7 +310,7 @@ class _SyncJob:
             frames, self.plan, faces, self.config, job=self.key, timer=timer, num_source_estimate=estimate,
             exact_source_count=exact, strict_faces=self.strict_faces, deadline=self.deadline, cancelled=cancelled)
 
-    def finish(self, chunks) -> SyncResult:
+    def finish(self, chunks, cancelled) -> SyncResult:
         sync, timer, out_path = self.sync, self.timer, self.out_path
         writer = None
         collected: list[np.ndarray] = []
@@ -316,7 +319,7 @@ class _SyncJob:
         produced = 0
         try:
             for chunk in chunks:
-                for item in chunk.result():
+                for item in chunk.result(cancelled=cancelled):
                     item: OutputFrame
                     if not item.has_face:
                         no_face.append(item.index)

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator
+from concurrent import futures
 from concurrent.futures import CancelledError, Future
 from typing import Protocol
 
@@ -33,7 +34,7 @@ class JobStages(Protocol):
     def prepare(self, cancelled: Callable[[], bool]) -> Iterator:  # yields PendingChunk, device work queued
         ...
 
-    def finish(self, chunks: Iterator) -> object:  # consumes them in order; returns the job's result
+    def finish(self, chunks: Iterator, cancelled: Callable[[], bool]) -> object:  # in order; the job's result
         ...
 
     def close(self) -> None:  # release what the job holds (detectors, files); called once, at the end
@@ -60,6 +61,10 @@ class JobHandle:
 
     def done(self) -> bool:
         return self._future.done()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the job has ended (its output written or cleaned up); True when it has."""
+        return not futures.wait([self._future], timeout).not_done
 
     def cancel(self) -> bool:
         """Stop the job: queued device work is dropped now, running stages stop within one chunk."""
@@ -166,7 +171,7 @@ class JobRunner:
 
     def _finish(self, handle: JobHandle, chunks: queue.Queue) -> None:
         try:
-            result = handle.stages.finish(_drain(chunks, handle))
+            result = handle.stages.finish(_drain(chunks, handle), lambda: handle.stopping)
             if not handle._future.done():
                 handle._future.set_result(result)
         except BaseException as exc:
