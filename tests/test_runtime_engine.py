@@ -109,6 +109,27 @@ def test_batched_equals_solo_and_each_job_keeps_its_own_randomness(sync, inputs)
         assert torch.equal(a.generator.get_state(), b.generator.get_state())  # same draws, in the same order
 
 
+def test_consecutive_chunks_of_one_job_batch_together_in_order(sync, inputs):
+    """Single-job throughput mode: chunks 0 and 1 of one job in one batch draw from its generator in order."""
+
+    def job(core):
+        first, second = Chunk(core, inputs, 0, 7), Chunk(core, inputs, 1, 7)
+        second.generator, second.noise = first.generator, first.noise  # one job: one generator, one noise frame
+        pending = [c.submit(job="job") for c in (first, second)]
+        return np.concatenate([rgb(p.result(timeout=120)) for p in pending]), first.generator
+
+    solo_core = make_core(sync, max_batch=1)
+    want, want_generator = job(solo_core)
+    solo_core.close()
+    core = make_core(sync, max_batch=2, max_wait_ms=20_000, same_job_batching=True)
+    got, generator = job(core)
+    assert core.engine.stats()["batch_sizes"] == {2: 1}
+    core.close()
+    worst, equal = agreement(got, want)
+    assert worst <= 1 and equal >= 0.999, (worst, equal)
+    assert torch.equal(generator.get_state(), want_generator.get_state())
+
+
 def test_expired_request_is_dropped_before_device_work(sync, inputs):
     from engine.backends.base import Runners
 

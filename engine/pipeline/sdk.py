@@ -21,6 +21,7 @@ from engine.pipeline.faces import make_landmark_source, needs_detector
 
 log = logging.getLogger(__name__)
 CANCEL_WAIT_S = 30.0  # how long an interrupted call waits for its job to clean up (one device batch at most)
+SIGNAL_POLL_S = 0.1  # how often a waiting call lets pending signal handlers run
 
 
 def frame_ranges(indices: Iterable[int]) -> list[tuple[int, int]]:
@@ -172,6 +173,10 @@ class LipSync:
         handle = self.submit(video, audio, output, config=config, face=face, strict_faces=strict_faces, crf=crf,
                              progress=progress, length=length)
         try:
+            # Wake up now and then: a signal that lands on another thread (Ctrl-C, SIGTERM) only raises in this,
+            # the main thread, when it runs Python code, not while it blocks on a lock.
+            while not handle.wait(SIGNAL_POLL_S):
+                pass
             return handle.result()
         except BaseException:
             # e.g. Ctrl-C / SIGTERM in the caller: stop the job and let it remove its partial output first

@@ -31,15 +31,18 @@ def default_configs() -> list[SyncConfig]:
 
 
 def warm_up(core, configs: Iterable[SyncConfig] | None = None, *, batch_sizes: Iterable[int] | None = None,
-            tails: Iterable[int] = ()) -> dict:
+            tails: Iterable[int] | None = None) -> dict:
     """Run each (config, frames, batch size) once on `core`'s engine; returns what ran and how long it took.
 
     batch_sizes: default 1..policy.max_batch when a runner is not eager torch (their cost is per shape),
-    else (1,). tails: extra chunk lengths to run at batch size 1 (e.g. range(1, 16) for TensorRT).
+    else (1,). tails: extra chunk lengths run at batch size 1; default every tail length (1..chunk-1)
+    with TensorRT (CUDA graphs are captured per shape), none otherwise (compile runs tails eagerly).
     """
     engine = core.engine
     configs = list(configs) if configs is not None else default_configs()
     eager = set(engine.runners.choice.values()) == {"torch"}
+    if tails is None:
+        tails = range(1, max(c.chunk_frames for c in configs)) if "tensorrt" in engine.runners.choice.values() else ()
     sizes = sorted(set(batch_sizes)) if batch_sizes is not None else ([1] if eager else
                                                                       list(range(1, engine.policy.max_batch + 1)))
     t0 = time.perf_counter()
