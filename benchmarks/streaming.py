@@ -1,4 +1,5 @@
-"""Streaming benchmark: first-frame latency, per-chunk compute and the latency floor, live feature drift, soak RSS.
+"""Streaming benchmark: first-frame latency, per-chunk compute and the latency floor, live feature drift, soak RSS,
+and prepared-avatar storage (bytes per minute, read speed) against the old raw format.
 
 Speech is pushed in real time (40 ms pieces on the wall clock) into live sessions for
 chunk sizes 8/12/16 and lookahead 0/120/240 ms, over the demo clip's frames and over a
@@ -7,6 +8,7 @@ prepared avatar. CPU with tiny-random: the compute numbers only show the structu
 
     python benchmarks/streaming.py --seconds 1.2 --drift-seconds 6 --soak-minutes 3
     python benchmarks/streaming.py --first-chunk-only --guidance 1.0   # short grid on a slow CPU
+    python benchmarks/streaming.py --parts avatar --avatar-frames 100   # avatar size per minute (1080p demos)
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -131,6 +134,62 @@ def soak(sync, minutes: float, settings) -> dict:
             "rss_mib_max": round(max(rss), 1) if rss else None, "rss_samples": samples}
 
 
+def raw_format_bytes_per_frame(height: int, width: int, resolution: int) -> int:
+    """What format 1 stored per frame: raw RGB frame + raw aligned face + float32 posterior (+ matrix)."""
+    latent = resolution // 8
+    return height * width * 3 + resolution * resolution * 3 + 4 * 4 * latent * latent * 4 + 2 * 3 * 4
+
+
+def avatar_storage(sync, clip: str, num_frames: int, face: str, crf: int | None = None) -> dict:
+    """Prepare an avatar from the first `num_frames` frames of a demo clip (frames stored losslessly, or at
+    x264 `crf`); bytes per file and per minute, prepare and read time per frame, and how far the frames read
+    back are from the decoded source frames (max / mean absolute difference, PSNR)."""
+    from engine.media import iter_video_frames
+    from engine.stream import prepare_avatar
+    from engine.stream.avatar import AvatarCursor
+
+    frames = np.stack([f.rgb for f in iter_video_frames(SHARED / "media" / f"{clip}_video.mp4", max_frames=num_frames)])
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        avatar = prepare_avatar(sync, frames, Path(tmp) / "avatar", face=face, frames_crf=crf)
+        prepare_s = time.perf_counter() - t0
+        files = {p.name: p.stat().st_size for p in sorted(avatar.path.iterdir())}
+        cursor = AvatarCursor(avatar)
+        t0 = time.perf_counter()
+        items = [next(cursor) for _ in range(2 * len(avatar))]  # one forward and one reversed pass
+        read_s = time.perf_counter() - t0
+        cursor.close()
+        diff = np.stack([np.abs(item.frame.astype(np.int16) - frames[item.source_index]) for item in items])
+    m = avatar.manifest
+    total = sum(files.values())
+    per_minute = 25 * 60 / m.num_frames
+    old = raw_format_bytes_per_frame(m.height, m.width, m.resolution)
+    return {
+        "clip": clip, "frames_crf": crf, "frames": m.num_frames, "height": m.height, "width": m.width,
+        "resolution": m.resolution, "dtype": m.dtype, "face_source": m.face_source,
+        "frames_with_face": int(np.isfinite(avatar.matrices[:, 0, 0]).sum()),
+        "bytes": files, "bytes_per_frame": round(total / m.num_frames),
+        "frames_file_bytes_per_frame": round(files["frames.mkv"] / m.num_frames),
+        "faces_file_bytes_per_frame": round(files["faces.mkv"] / m.num_frames),
+        "mb_per_minute": round(total * per_minute / 1e6, 1),
+        "old_raw_format_mb_per_minute": round(old * 25 * 60 / 1e6, 1),
+        "ratio_old_to_new": round(old * m.num_frames / total, 2),
+        "prepare_s_per_frame": round(prepare_s / m.num_frames, 4),
+        "read_ms_per_frame": round(1000 * read_s / len(items), 2),  # frame + face decode, ping-pong order
+        "frames_equal_to_source": bool(diff.max() == 0),
+        "frames_max_abs_diff": int(diff.max()), "frames_mean_abs_diff": round(float(diff.mean()), 4),
+        "frames_psnr_db": round(float(10 * np.log10(255 ** 2 / np.mean(diff.astype(np.float64) ** 2))), 2)
+        if diff.max() else None,
+    }
+
+
+def posterior_mb_per_minute() -> dict:
+    """Posterior bytes per minute for each model resolution and storage dtype (4 tensors [4,R/8,R/8] per frame)."""
+    sizes = {"float32": 4, "float16": 2}
+    return {f"{r}px_{d}": round(4 * 4 * (r // 8) ** 2 * b * 25 * 60 / 1e6, 1)
+            for r in (256, 512) for d, b in sizes.items()}
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -156,7 +215,8 @@ def plot(result: dict, path: Path) -> None:
     ax2.set_xlabel("lookahead (ms)")
     ax2.set_ylabel("mean relative L2 vs offline")
     ax2.set_title("live feature drift (random whisper: structure only)")
-    ax2.legend(fontsize=8)
+    if result["drift"]:
+        ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -183,7 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--drift-chunks", type=int, nargs="+", default=[16])
     p.add_argument("--drift-lookaheads", type=float, nargs="+", default=[0, 120, 240, 480])
     p.add_argument("--soak-minutes", type=float, default=0.0, help="also run a synthetic live stream this long")
-    p.add_argument("--parts", nargs="+", choices=["latency", "drift", "soak"], default=["latency", "drift", "soak"])
+    p.add_argument("--avatar-frames", type=int, default=100, help="frames of each demo clip for the avatar part")
+    p.add_argument("--avatar-face", default="mediapipe", help="face source for the avatar part")
+    p.add_argument("--avatar-crfs", type=int, nargs="*", default=[12],
+                   help="also measure avatars stored at these x264 crf values (lossless is always measured)")
+    p.add_argument("--parts", nargs="+", choices=["latency", "drift", "soak", "avatar"],
+                   default=["latency", "drift", "soak", "avatar"])
     p.add_argument("--out", default=str(RESULTS / "streaming.json"))
     args = p.parse_args(argv)
 
@@ -191,9 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = resolve_config("reference", steps=args.steps, guidance_scale=args.guidance)
     frames, landmarks, speech = demo_source(10)
     speech = np.tile(speech, int(np.ceil(args.seconds * 16000 / speech.size)))[: int(args.seconds * 16000)]
-    result = {"model": args.model, "device": args.device, "torch": torch.__version__, "host": platform.node(),
+    import av
+
+    result = {"model": args.model, "device": args.device, "torch": torch.__version__, "av": av.__version__,
+              "python": platform.python_version(), "processor": platform.processor(), "host": platform.node(),
               "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "settings": str(settings),
-              "speech_seconds": args.seconds, "first_chunk_only": args.first_chunk_only, "latency": [], "drift": [], "soak": None}
+              "speech_seconds": args.seconds, "first_chunk_only": args.first_chunk_only, "latency": [], "drift": [],
+              "soak": None, "avatar": [],
+              "command": " ".join(["python", "benchmarks/streaming.py", *(argv if argv is not None else sys.argv[1:])])}
     with tempfile.TemporaryDirectory() as tmp:
         avatar = None
         if "latency" in args.parts and not args.no_avatar_runs:
@@ -216,6 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     if "drift" in args.parts:
         result["drift"] = drift_table(sync.core.audio_encoder, args.drift_seconds, args.drift_chunks,
                                       args.drift_lookaheads)
+    if "avatar" in args.parts:
+        for crf in [None, *args.avatar_crfs]:
+            for clip in ("demo1", "demo2"):
+                row = avatar_storage(sync, clip, args.avatar_frames, args.avatar_face, crf)
+                result["avatar"].append(row)
+                print(f"avatar {clip} crf {crf}: {row['mb_per_minute']} MB/min ({row['old_raw_format_mb_per_minute']} "
+                      f"MB/min raw, {row['ratio_old_to_new']}x), read {row['read_ms_per_frame']} ms/frame, "
+                      f"max diff {row['frames_max_abs_diff']}, PSNR {row['frames_psnr_db']}", flush=True)
+        result["avatar_posterior_mb_per_minute"] = posterior_mb_per_minute()
     if "soak" in args.parts and args.soak_minutes > 0:
         result["soak"] = soak(sync, args.soak_minutes, settings)
         print(f"soak: {result['soak']}", flush=True)

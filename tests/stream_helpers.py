@@ -48,3 +48,20 @@ def fast_settings():
     from engine.pipeline.config import resolve_config
 
     return resolve_config("reference", steps=1, guidance_scale=1.0)
+
+
+def write_format1_avatar(path: Path, num_frames: int = 2) -> Path:
+    """An avatar directory as format 1 wrote it (raw frames.raw / faces.raw / posterior.raw), for upgrade tests."""
+    import json
+
+    t, r, h = num_frames, 256, 32
+    path.mkdir(parents=True)
+    (path / "manifest.json").write_text(json.dumps({
+        "model": "tiny-random", "resolution": r, "face_source": "auto", "num_frames": t, "height": 8, "width": 8,
+        "latent_size": h, "vae_fingerprint": "0123456789abcdef", "dtype": "float32", "format_version": 1,
+        "engine_version": "0.1.0", "created_unix": 0.0}))
+    (path / "frames.raw").write_bytes(bytes(t * 8 * 8 * 3))
+    (path / "faces.raw").write_bytes(bytes(t * r * r * 3))
+    (path / "posterior.raw").write_bytes(bytes(t * 4 * 4 * h * h * 4))
+    np.save(path / "matrices.npy", np.zeros((t, 2, 3), np.float32))
+    return path

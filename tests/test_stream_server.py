@@ -1,9 +1,14 @@
-"""`engine serve` end to end on loopback with a real websockets client: health, frames, cap, teardown."""
+"""`engine serve` end to end on loopback with a real websockets client: health, frames, caps, teardown, SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -12,7 +17,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from stream_helpers import demo1_inputs, fast_settings, micro_sync
+from stream_helpers import demo1_inputs, fast_settings, micro_sync, write_format1_avatar
 
 SPEECH_SAMPLES = 9_600  # 0.6 s -> 30 feature rows -> 17 frames
 
@@ -71,7 +76,8 @@ def running(golden, tmp_path_factory):
         frames, landmarks, _ = demo1_inputs(golden)
         return sync, {"demo1": prepare_avatar(sync, frames, avatar_dir, face=LandmarkArraySource(landmarks))}
 
-    server = LipSyncServer(load, ServerConfig(port=0, max_sessions=1, max_queued_seconds=5),
+    server = LipSyncServer(load, ServerConfig(port=0, max_sessions=1, max_pending=2, start_timeout_s=1.0,
+                                              max_queued_seconds=5),
                            stream_defaults=StreamConfig(sync=fast_settings()))
     running = _Running(server)
     running.gate = gate
@@ -90,6 +96,16 @@ def _connect(port: int):
     return connect(f"ws://127.0.0.1:{port}/stream", open_timeout=30)
 
 
+async def _refusal(port: int):
+    """Connect and wait for the server to close the connection; its close frame."""
+    from websockets.exceptions import ConnectionClosed
+
+    async with _connect(port) as ws:
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.recv()
+    return info.value.rcvd
+
+
 async def _start(ws, **options) -> dict:
     await ws.send(json.dumps({"type": "start", "source": "demo1", "realtime": False, **options}))
     reply = json.loads(await asyncio.wait_for(ws.recv(), 60))
@@ -98,20 +114,11 @@ async def _start(ws, **options) -> dict:
 
 
 def test_liveness_at_once_readiness_after_load_and_warm_up(running):
-    from websockets.exceptions import ConnectionClosed
-
     assert running.http("/live") == (200, "live\n")
     status, body = running.http("/ready")
     assert status == 503 and "loading models" in body
-
-    async def refused_while_loading():
-        async with _connect(running.port) as ws:
-            with pytest.raises(ConnectionClosed) as info:
-                await ws.recv()
-        return info.value.rcvd
-
-    rcvd = asyncio.run(refused_while_loading())
-    assert rcvd.code == 1013 and "not ready" in rcvd.reason
+    rcvd = asyncio.run(_refusal(running.port))
+    assert rcvd.code == 1013 and "not ready: loading models" in rcvd.reason
     running.gate.set()
     running.wait_ready()
     assert running.server.sync is not None and running.http("/live")[0] == 200
@@ -160,16 +167,56 @@ def test_over_the_cap_is_refused_and_disconnect_tears_down(running, speech):
             await _start(first, mode="utterance")
             await first.send(np.tile(speech, 3).tobytes())
             await first.send(json.dumps({"type": "end_of_speech"}))
-            async with _connect(running.port) as second:  # the cap is one session
+            async with _connect(running.port) as second:  # the cap is one session, counted from "start"
+                await second.send(json.dumps({"type": "start", "source": "demo1"}))
+                error = json.loads(await asyncio.wait_for(second.recv(), 60))
                 with pytest.raises(ConnectionClosed) as info:
                     await second.recv()
             await asyncio.wait_for(first.recv(), 300)  # a frame: the session is mid-utterance
             assert running.server.active_sessions == 1 and _stream_threads()
-        return info.value.rcvd  # leaving `first` disconnects mid-utterance
+        return error, info.value.rcvd  # leaving `first` disconnects mid-utterance
 
-    rcvd = asyncio.run(client())
+    error, rcvd = asyncio.run(client())
+    assert error["error"] == "QueueFullError" and "expected at most 1 at once, found 1 running" in error["message"]
     assert rcvd.code == 1013 and "at most 1 sessions" in rcvd.reason
     running.wait_idle()  # the session was closed and its worker thread is gone
+
+
+def test_connections_without_start_hold_no_session_slot_and_are_bounded(running):
+    """11.10: idle connections have their own cap (2 here) and a short start timeout (1 s here)."""
+    from websockets.exceptions import ConnectionClosed
+
+    running.wait_ready()
+
+    async def closed_with(ws) -> tuple[list, object]:
+        messages = []
+        with pytest.raises(ConnectionClosed) as info:
+            while True:
+                messages.append(await asyncio.wait_for(ws.recv(), 30))
+        return messages, info.value.rcvd
+
+    async def client():
+        async with _connect(running.port) as idle1, _connect(running.port) as idle2:
+            await asyncio.sleep(0.2)  # both are waiting for their start message
+            assert running.server.pending_connections == 2 and running.server.active_sessions == 0
+            async with _connect(running.port) as third:  # over the pre-start cap
+                _, refused = await closed_with(third)
+            t0 = time.monotonic()
+            (messages, timed_out), _ = await asyncio.gather(closed_with(idle1), closed_with(idle2))
+            waited = time.monotonic() - t0
+        async with _connect(running.port) as real:  # the session slot was never taken
+            started = await _start(real, mode="utterance")
+            await real.send(json.dumps({"type": "close"}))
+            closed = json.loads(await asyncio.wait_for(real.recv(), 60))
+        return refused, messages, timed_out, waited, started, closed
+
+    refused, messages, timed_out, waited, started, closed = asyncio.run(client())
+    assert refused.code == 1013 and "at most 2 connections waiting to start" in refused.reason
+    assert timed_out.code == 1008 and waited < 5
+    assert 'expected \\"start\\" within 1 s, found none' in messages[0]
+    assert started["type"] == "started" and closed["type"] == "closed"
+    running.wait_idle()
+    assert running.server.pending_connections == 0
 
 
 def test_bad_requests_get_an_error_and_a_policy_close(running):
@@ -193,3 +240,160 @@ def test_bad_requests_get_an_error_and_a_policy_close(running):
     error, code = asyncio.run(client(b"\x00\x01"))
     assert "first message" in error["message"] and code == 1008
     running.wait_idle()
+
+
+def _health_only_server(load):
+    """A server whose load function never yields models (no model work: health behaviour only)."""
+    from engine.stream.server import LipSyncServer, ServerConfig
+
+    return LipSyncServer(load, ServerConfig(port=0))
+
+
+def test_ready_reports_an_engine_still_building_then_a_corrupt_engine(caplog):
+    """R24: live at once; ready says what is being built while load runs, and why it failed after."""
+    from engine.errors import IncompatibleEngineError
+
+    building, release = threading.Event(), threading.Event()
+
+    def load():
+        server.set_status("building the TensorRT engine for the U-Net")
+        building.set()
+        assert release.wait(60)
+        raise IncompatibleEngineError("unet.plan: expected a TensorRT 10 engine, found a corrupt file "
+                                      "(deserialization failed)")
+
+    server = _health_only_server(load)
+    running = _Running(server)
+    try:
+        assert building.wait(30)
+        assert running.http("/live") == (200, "live\n")
+        status, body = running.http("/ready")
+        assert status == 503 and body.startswith("not ready: building the TensorRT engine for the U-Net (")
+        rcvd = asyncio.run(_refusal(running.port))
+        assert rcvd.code == 1013 and "not ready: building the TensorRT engine" in rcvd.reason
+        with caplog.at_level(logging.INFO):
+            release.set()
+            deadline = time.monotonic() + 30
+            while not running.server.failed:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        status, body = running.http("/ready")
+        assert status == 503
+        assert body == ("not ready: failed: IncompatibleEngineError: unet.plan: expected a TensorRT 10 engine, "
+                        "found a corrupt file (deserialization failed)\n")
+        assert running.http("/live")[0] == 200  # the process still runs and says why it is not ready
+        failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(failures) == 1 and failures[0].exc_info is None  # one line, no traceback for a typed error
+    finally:
+        release.set()
+        running.stop()
+
+
+def test_health_probes_log_one_debug_line_each_and_nothing_at_info(caplog):
+    """14.8: a load balancer probing /live and /ready must not fill the log."""
+    release = threading.Event()
+    running = _Running(_health_only_server(lambda: release.wait(60) and None))
+    try:
+        with caplog.at_level(logging.DEBUG):
+            caplog.clear()
+            for path in ("/live", "/ready", "/live", "/ready"):
+                running.http(path)
+            time.sleep(0.2)  # the connection-closed records come after the response
+        records = list(caplog.records)
+        assert not [r.getMessage() for r in records if r.levelno >= logging.INFO]
+        ours = [r.getMessage() for r in records if r.name == "engine.stream.server"]
+        assert ours == ["GET /live -> 200", "GET /ready -> 503 (loading models (0 s))"] * 2
+    finally:
+        release.set()
+        running.stop()
+
+
+def test_serve_without_the_serve_extra_names_it_and_exits_7(capsys, monkeypatch):
+    import importlib.util
+
+    from engine.cli import main
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "websockets" else real_find_spec(name, *a))
+    # sources that do not exist: the extra is checked before anything else
+    assert main(["serve", "--model", "tiny-random", "--video", "x=/nonexistent.mp4"]) == 7
+    err = capsys.readouterr().err
+    assert "MissingExtraError" in err and 'pip install -e ".[serve]"' in err and "websockets" in err
+
+
+def test_serve_refuses_an_old_format_avatar_before_loading_any_model(tmp_path, capsys, monkeypatch):
+    import engine.cli.serve as serve_cli
+    from engine.cli import main
+
+    monkeypatch.setattr(serve_cli, "load_sync", lambda args: pytest.fail("a model was loaded"))
+    old = write_format1_avatar(tmp_path / "old")
+    assert main(["serve", "--model", "tiny-random", "--avatar", f"me={old}", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "avatar format version: expected 2, found 1 (an avatar from an older engine" in err
+
+
+@pytest.fixture(scope="module")
+def face_clip(golden, tmp_path_factory) -> tuple:
+    """A 6-frame face video and its face-track file, for `engine serve` in a subprocess."""
+    from engine.media import VideoWriter
+
+    frames, landmarks, _ = demo1_inputs(golden, 6)
+    root = tmp_path_factory.mktemp("clip")
+    with VideoWriter(root / "face.mp4", frames.shape[2], frames.shape[1]) as writer:
+        for frame in frames:
+            writer.write(frame)
+    (root / "track.json").write_text(json.dumps({"landmarks3": landmarks.tolist()}))
+    return root / "face.mp4", root / "track.json"
+
+
+def test_sigterm_closes_sessions_and_exits_143(face_clip):
+    """`engine serve` in a real process on loopback: ready, a live session streaming, SIGTERM ->
+    the client sees 1001 (going away), the process exits 143 within seconds, with no traceback."""
+    from websockets.exceptions import ConnectionClosed
+
+    video, track = face_clip
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "serve", "--model", "tiny-random", "--device", "cpu", "--face", str(track),
+         "--video", f"demo1={video}", "--port", "0", "--steps", "1", "--guidance", "1.0", "--seed", "7"],
+        cwd=repo, env={**os.environ, "PYTHONPATH": repo}, stderr=subprocess.PIPE, text=True)
+    try:
+        lines: list[str] = []
+        port = None
+        while port is None:
+            line = proc.stderr.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+            if "serving on ws://" in line:
+                port = int(line.split("serving on ws://127.0.0.1:", 1)[1].split()[0])
+        running = _Running.__new__(_Running)  # only its HTTP helpers: the server runs in the subprocess
+        running.port = port
+        assert running.http("/live")[0] == 200
+        running.wait_ready(timeout=300)
+
+        async def client():
+            async with _connect(port) as ws:
+                started = await _start(ws, mode="live", realtime=True)
+                await asyncio.wait_for(ws.recv(), 60)  # an idle frame: the session is streaming
+                proc.send_signal(signal.SIGTERM)
+                t0 = time.monotonic()
+                with pytest.raises(ConnectionClosed) as info:
+                    while True:
+                        await asyncio.wait_for(ws.recv(), 60)
+                return started, info.value.rcvd, time.monotonic() - t0
+
+        started, rcvd, took = asyncio.run(client())
+        rc = proc.wait(timeout=60)
+        rest = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log_text = "".join(lines) + rest
+    assert started["settings"]["steps"] == 1 and started["settings"]["guidance_scale"] == 1.0
+    assert started["settings"]["seed"] == 7  # the generation overrides reach the sessions
+    assert rcvd.code == 1001 and took < 30
+    assert rc == 143, log_text
+    assert "SIGTERM: shutting down (1 sessions open)" in log_text and "stopped" in log_text
+    assert "Traceback" not in log_text

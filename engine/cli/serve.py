@@ -1,11 +1,18 @@
-"""`engine serve`: a WebSocket lip-sync server over prepared avatars and videos (see engine.stream.server)."""
+"""`engine serve`: a WebSocket lip-sync server over prepared avatars and videos (see engine.stream.server).
+
+/live answers as soon as the process listens; /ready once the model is loaded and warmed up (503 with
+the reason before: what is loading, or why it failed). SIGTERM or Ctrl-C stops it gracefully: open
+sessions are cancelled and their connections closed (1001), then it exits 143 (SIGTERM) or 130 (SIGINT).
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from engine.cli.avatar import add_model_options, load_sync
+from engine.cli.avatar import add_generation_options, add_model_options, generation_settings, load_sync
 from engine.errors import InvalidInputError
+
+SIGNAL_EXIT_BASE = 128  # the shell's convention: 128 + signal number (143 SIGTERM, 130 SIGINT)
 
 
 def _named(value: str) -> tuple[str, str]:
@@ -23,21 +30,30 @@ def register(subparsers) -> None:
     p.add_argument("--video", type=_named, action="append", default=[], metavar="NAME=PATH",
                    help="a face video clients may pick by NAME (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback only)")
-    p.add_argument("--port", type=int, default=8765, help="listen port (0: any free port)")
-    p.add_argument("--max-sessions", type=int, default=2, help="concurrent sessions; more are refused (1013)")
-    p.add_argument("--preset", default="reference", choices=["reference", "fast"], help="generation settings")
-    p.add_argument("--max-queued-seconds", type=float, default=30.0, help="speech a session may queue")
-    p.add_argument("--jpeg-quality", type=int, default=90)
+    p.add_argument("--port", type=int, default=8765, help="listen port (0: any free port; the log says which)")
+    p.add_argument("--max-sessions", type=int, default=2,
+                   help="concurrent sessions, counted from a client's start message; more are refused (1013)")
+    p.add_argument("--max-pending", type=int, default=8,
+                   help="connections that have not sent start yet; more are refused (1013)")
+    p.add_argument("--start-timeout", type=float, default=5.0,
+                   help="seconds a connection may take to send start before it is closed (1008)")
+    add_generation_options(p)
+    p.add_argument("--max-queued-seconds", type=float, default=30.0,
+                   help="speech a session may queue before pushes are refused (QueueFullError)")
+    p.add_argument("--jpeg-quality", type=int, default=90,
+                   help="JPEG quality of the frames sent to clients, 1..100 (default 90)")
     p.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from engine import extras
+
+    extras.require("serve")  # before anything else: a missing websockets names the extra (exit 7)
     import asyncio
     from pathlib import Path
 
-    from engine.pipeline.config import resolve_config
+    from engine.stream import Avatar, StreamConfig
     from engine.stream.server import LipSyncServer, ServerConfig
-    from engine.stream.session import StreamConfig
 
     names = [name for name, _ in args.avatar + args.video]
     if len(set(names)) != len(names) or not names:
@@ -45,16 +61,16 @@ def _serve(args: argparse.Namespace) -> int:
     for name, path in args.avatar + args.video:  # cheap checks before listening
         if not Path(path).exists():
             raise InvalidInputError(f"source {name}: expected an existing path, found {path}")
+    avatars = {name: Avatar(path) for name, path in args.avatar}  # manifests and sizes: typed errors now
+    settings = generation_settings(args)
+    config = ServerConfig(host=args.host, port=args.port, max_sessions=args.max_sessions,
+                          max_pending=args.max_pending, start_timeout_s=args.start_timeout,
+                          jpeg_quality=args.jpeg_quality, max_queued_seconds=args.max_queued_seconds)
 
     def load():
-        from engine.stream import Avatar
+        server.set_status(f"loading model {args.model}")
+        sync = load_sync(args)
+        return sync, {**avatars, **{name: path for name, path in args.video}}
 
-        sources = {name: Avatar(path) for name, path in args.avatar}
-        sources.update({name: path for name, path in args.video})
-        return load_sync(args), sources
-
-    config = ServerConfig(host=args.host, port=args.port, max_sessions=args.max_sessions,
-                          jpeg_quality=args.jpeg_quality, max_queued_seconds=args.max_queued_seconds)
-    server = LipSyncServer(load, config, stream_defaults=StreamConfig(sync=resolve_config(args.preset)))
-    asyncio.run(server.serve_forever())
-    return 0
+    server = LipSyncServer(load, config, stream_defaults=StreamConfig(sync=settings))
+    return SIGNAL_EXIT_BASE + asyncio.run(server.serve_until_signalled())

@@ -10,16 +10,21 @@ client -> server
   text   {"type": "end_of_speech"}
   text   {"type": "close", "drain": false}      drain=true: finish the queued speech first
 server -> client
-  text   {"type": "started", "fps": 25, "source": NAME, "latency_floor_s": ..., "config": {...}}
+  text   {"type": "started", "fps": 25, "source": NAME, "latency_floor_s": ..., "config": {...},
+          "settings": {"steps", "guidance_scale", "deepcache_interval", "seed", ...}}
   binary one frame: 4-byte big-endian header length n, n bytes of UTF-8 JSON header
          {"index", "time_s", "audio_time_s", "wall_time", "kind", "utterance", "utterance_frame",
           "final", "source_index", "has_face"}, then the JPEG bytes (cv2.imencode, RGB content)
   text   {"type": "error", "error": "<class>", "message": "... expected ..., found ..."}
          (QueueFullError keeps the session open: that chunk of speech was refused; resend it later)
   text   {"type": "closed", "stats": {...}}, then close code 1000
-Close codes: 1013 not ready / over the session cap (try again later), 1008 protocol violation, 1011 failure.
+Close codes: 1013 not ready / over the session cap / too many connections waiting to start (try again
+later), 1008 protocol violation (including no "start" within `start_timeout_s`), 1011 failure, 1001 the
+server is shutting down.
+A session slot is taken only by a connection that has sent a valid "start"; connections that have not
+(yet) are bounded separately (`max_pending`) and closed after `start_timeout_s`.
 HTTP: GET /live -> 200 as soon as the process serves; GET /ready -> 200 once the models are loaded and
-warmed up, else 503 with the reason.
+warmed up, else 503 with the reason (what is loading or building, or why loading failed).
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ import asyncio
 import dataclasses
 import json
 import logging
+import signal
 import struct
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,8 +55,8 @@ CLOSE_POLICY = 1008
 CLOSE_FAILURE = 1011
 STREAM_PATHS = ("/", "/stream")
 CLIENT_OPTIONS = ("mode", "chunk_frames", "lookahead_ms", "idle", "realtime")
-START_TIMEOUT_S = 30.0
 FRAME_POLL_S = 0.1
+SHUTDOWN_TIMEOUT_S = 30.0  # a graceful stop waits this long for sessions to close
 WARMUP_SAMPLES = SAMPLE_RATE // 10  # 100 ms of silence -> 4 frames through every stage
 
 
@@ -57,13 +64,17 @@ WARMUP_SAMPLES = SAMPLE_RATE // 10  # 100 ms of silence -> 4 frames through ever
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765  # 0: any free port (see `LipSyncServer.port`)
-    max_sessions: int = 2
+    max_sessions: int = 2  # sessions that have started; more are refused (1013)
+    max_pending: int = 8  # connections that have not sent "start" yet; more are refused (1013)
+    start_timeout_s: float = 5.0  # a connection must send "start" this soon (else 1008)
     jpeg_quality: int = 90
     max_message_bytes: int = 1 << 20  # a speech message holds at most ~32 s of int16 PCM
     max_queued_seconds: float = 30.0  # per session
 
     def __post_init__(self) -> None:
         expect(self.max_sessions >= 1, InvalidInputError, "max_sessions", ">= 1", self.max_sessions)
+        expect(self.max_pending >= 1, InvalidInputError, "max_pending", ">= 1", self.max_pending)
+        expect(self.start_timeout_s > 0, InvalidInputError, "start_timeout_s", "> 0", self.start_timeout_s)
         expect(1 <= self.jpeg_quality <= 100, InvalidInputError, "jpeg_quality", "1..100", self.jpeg_quality)
         expect(0 <= self.port <= 65535, InvalidInputError, "port", "0..65535", self.port)
 
@@ -105,13 +116,14 @@ class LipSyncServer:
     """Serves `StreamSession`s over WebSockets.
 
     `load()` runs in a thread after the socket is listening and returns `(sync, sources)`:
-    a loaded `LipSync` and {name: Avatar | video path | frames}. `face` is the landmark source
-    for video sources (default: the model's face setting).
+    a loaded `LipSync` and {name: Avatar | video path | frames}; it may call `set_status(...)`
+    to say what it is doing (shown by /ready). `face` is the landmark source for video sources
+    (default: the model's face setting).
     """
 
     def __init__(self, load: Callable[[], tuple], config: ServerConfig | None = None, *, face=None,
                  stream_defaults=None) -> None:
-        from engine.stream.session import StreamConfig
+        from engine.stream.config import StreamConfig
 
         self.config = config or ServerConfig()
         self._load = load
@@ -120,9 +132,14 @@ class LipSyncServer:
         self.sync = None
         self.sources: dict = {}
         self.ready = False
+        self.failed = False
         self.not_ready_reason = "loading models"
+        self._status_since = time.monotonic()
+        self.pending_connections = 0  # connected, no "start" yet
         self.active_sessions = 0
+        self.sessions_started = 0
         self.sessions_served = 0
+        self._sessions: set = set()
         self._server = None
         self._pool = ThreadPoolExecutor(max_workers=2 * self.config.max_sessions + 2,
                                         thread_name_prefix="lipsync-serve")
@@ -134,8 +151,11 @@ class LipSyncServer:
         from websockets.asyncio.server import serve
 
         self._server = await serve(self._handle, self.config.host, self.config.port,
-                                   process_request=self._process_request, max_size=self.config.max_message_bytes)
-        asyncio.get_running_loop().run_in_executor(self._pool, self._load_and_warm_up)
+                                   process_request=self._process_request, max_size=self.config.max_message_bytes,
+                                   logger=_LifecycleAtDebug(logging.getLogger("websockets.server"), {}))
+        log.info("serving on ws://%s:%d (live: /live, ready: /ready)", self.config.host, self.port)
+        # a plain daemon thread: a load still running (an engine build) never holds up a shutdown
+        threading.Thread(target=self._load_and_warm_up, name="lipsync-serve-load", daemon=True).start()
         return self.port
 
     @property
@@ -143,31 +163,62 @@ class LipSyncServer:
         return self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        """Stop gracefully: cancel every session (within a chunk), close connections (1001), stop listening."""
+        for session in list(self._sessions):
+            session.speech.close()
         if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+            self._server.close(close_connections=True)
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), SHUTDOWN_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("shutdown: connections still open after %g s; stopping anyway", SHUTDOWN_TIMEOUT_S)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def serve_forever(self) -> None:
-        await self.start()
-        log.info("serving on ws://%s:%d (live: /live, ready: /ready)", self.config.host, self.port)
+    async def serve_until_signalled(self, signals=(signal.SIGTERM, signal.SIGINT)) -> int:
+        """Serve until one of `signals` arrives (main thread), then stop gracefully; returns that signal."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        received: list[int] = []
+
+        def on_signal(signum: int) -> None:
+            received.append(signum)
+            stop.set()
+
+        for signum in signals:
+            loop.add_signal_handler(signum, on_signal, signum)
         try:
-            await self._server.serve_forever()
+            await self.start()
+            await stop.wait()
+            log.info("%s: shutting down (%d sessions open)", signal.Signals(received[0]).name, self.active_sessions)
         finally:
+            for signum in signals:
+                loop.remove_signal_handler(signum)
             await self.stop()
+        log.info("stopped")
+        return received[0]
+
+    def set_status(self, reason: str) -> None:
+        """What the server is doing before it is ready (reported by /ready), e.g. "building the U-Net engine"."""
+        self.not_ready_reason = reason
+        self._status_since = time.monotonic()
+        log.info("%s", reason)
 
     def _load_and_warm_up(self) -> None:
         try:
             sync, sources = self._load()
             expect(bool(sources), InvalidInputError, "server sources", "at least one --avatar or --video", "none")
             self.sync, self.sources = sync, dict(sources)
-            self.not_ready_reason = "warming up"
+            self.set_status("warming up")
             self._warm_up()
             self.ready = True
             log.info("ready: sources %s", sorted(self.sources))
         except BaseException as exc:  # reported by /ready
-            log.exception("model loading or warm-up failed")
+            self.failed = True
             self.not_ready_reason = f"failed: {type(exc).__name__}: {exc}"
+            if isinstance(exc, EngineError):
+                log.error("not ready: %s", self.not_ready_reason)
+            else:
+                log.exception("not ready: model loading or warm-up failed")
         finally:
             self._loaded.set()
 
@@ -190,44 +241,89 @@ class LipSyncServer:
         return StreamSession(self.sync, self.sources[name], config, face=self._face)
 
     # ------------------------------------------------------------------ HTTP
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason): the reason says what is loading or building (and for how long), or why it failed."""
+        if self.ready:
+            return True, "ready"
+        if self.failed:
+            return False, self.not_ready_reason
+        return False, f"{self.not_ready_reason} ({time.monotonic() - self._status_since:.0f} s)"
+
     def _process_request(self, connection, request):
         path = request.path.split("?", 1)[0]
         if path == "/live":
+            log.debug("GET /live -> 200")
             return connection.respond(HTTPStatus.OK, "live\n")
         if path == "/ready":
-            if self.ready:
+            ready, reason = self.readiness()
+            log.debug("GET /ready -> %s", 200 if ready else f"503 ({reason})")
+            if ready:
                 return connection.respond(HTTPStatus.OK, "ready\n")
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"not ready: {self.not_ready_reason}\n")
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"not ready: {reason}\n")
         if path not in STREAM_PATHS:
+            log.debug("GET %s -> 404", path)
             return connection.respond(HTTPStatus.NOT_FOUND, f"no such path: {path}\n")
         return None
 
     # ------------------------------------------------------------------ WebSocket
     async def _handle(self, ws) -> None:
+        from websockets.exceptions import ConnectionClosed
+
         if not self.ready:
-            await ws.close(CLOSE_TRY_LATER, f"not ready: {self.not_ready_reason}"[:120])
+            await ws.close(CLOSE_TRY_LATER, f"not ready: {self.readiness()[1]}"[:120])
             return
-        if self.active_sessions >= self.config.max_sessions:
-            await ws.close(CLOSE_TRY_LATER, f"busy: at most {self.config.max_sessions} sessions")
+        if self.pending_connections >= self.config.max_pending:
+            await ws.close(CLOSE_TRY_LATER, f"busy: at most {self.config.max_pending} connections waiting to start")
+            return
+        self.pending_connections += 1
+        try:
+            first = await asyncio.wait_for(ws.recv(), self.config.start_timeout_s)
+            name, config = self._parse_start(first)
+        except ConnectionClosed:
+            return
+        except TimeoutError:
+            await self._report(ws, InvalidInputError(f"first message: expected \"start\" within "
+                                                     f"{self.config.start_timeout_s:g} s, found none"),
+                               close_code=CLOSE_POLICY)
+            return
+        except InvalidInputError as exc:
+            await self._report(ws, exc, close_code=CLOSE_POLICY)
+            return
+        finally:
+            self.pending_connections -= 1
+        if self.active_sessions >= self.config.max_sessions:  # a slot counts from "start" on
+            await self._report(ws, QueueFullError(f"sessions: expected at most {self.config.max_sessions} at once, "
+                                                  f"found {self.active_sessions} running; try again later"),
+                               close_code=CLOSE_TRY_LATER,
+                               reason=f"busy: at most {self.config.max_sessions} sessions")
             return
         self.active_sessions += 1
+        self.sessions_started += 1
+        number = self.sessions_started
+        started = time.monotonic()
+        log.info("session %d: started (source %s, %s mode, from %s)", number, name, config.mode,
+                 _peer(ws))
+        outcome = "failed"
         try:
-            await self._serve(ws)
+            outcome = await self._serve(ws, name, config)
         finally:
             self.active_sessions -= 1
             self.sessions_served += 1
+            log.info("session %d: %s after %.1f s", number, outcome, time.monotonic() - started)
 
-    async def _serve(self, ws) -> None:
+    async def _serve(self, ws, name: str, config) -> str:
+        """Run one started session to its end; returns how it ended (for the log)."""
         from websockets.exceptions import ConnectionClosed
 
         loop = asyncio.get_running_loop()
         session = sender = None
         try:
-            name, config = self._parse_start(await asyncio.wait_for(ws.recv(), START_TIMEOUT_S))
             session = await loop.run_in_executor(self._pool, self._open_session, name, config)
+            self._sessions.add(session)
             await ws.send(json.dumps({"type": "started", "fps": FPS, "source": name,
                                       "latency_floor_s": config.latency_floor_s,
-                                      "config": {k: getattr(config, k) for k in CLIENT_OPTIONS}}))
+                                      "config": {k: getattr(config, k) for k in CLIENT_OPTIONS},
+                                      "settings": dataclasses.asdict(config.sync)}))
             sender = asyncio.create_task(self._send_frames(ws, session))
             drain = await self._receive(ws, session, sender)
             if drain:
@@ -235,18 +331,21 @@ class LipSyncServer:
                 await sender
             await ws.send(json.dumps({"type": "closed", "stats": session.stats}))
             await ws.close(1000, "session closed")
+            return f"closed, {session.stats['frames_emitted']} frames"
         except ConnectionClosed:
-            log.info("client went away; closing its session")
+            return "ended: the client went away or the server is shutting down"
         except (EngineError, ValueError, TimeoutError) as exc:
             code = CLOSE_FAILURE if isinstance(exc, EngineError) and not isinstance(exc, InvalidInputError) \
                 else CLOSE_POLICY
             await self._report(ws, exc, close_code=code)
+            return f"failed: {type(exc).__name__}: {exc}"
         finally:
             if sender is not None:
                 sender.cancel()
                 await asyncio.gather(sender, return_exceptions=True)
             if session is not None:
                 await loop.run_in_executor(self._pool, session.close)
+                self._sessions.discard(session)
 
     def _parse_start(self, message) -> tuple:
         expect(isinstance(message, str), InvalidInputError, "first message", 'a text {"type": "start", ...}',
@@ -302,15 +401,29 @@ class LipSyncServer:
             await ws.send(await loop.run_in_executor(self._pool, encode_frame, frame, self.config.jpeg_quality))
 
     @staticmethod
-    async def _report(ws, exc: BaseException, *, close_code: int | None = None) -> None:
+    async def _report(ws, exc: BaseException, *, close_code: int | None = None, reason: str | None = None) -> None:
         from websockets.exceptions import ConnectionClosed
 
         try:
             await ws.send(json.dumps({"type": "error", "error": type(exc).__name__, "message": str(exc)}))
             if close_code is not None:
-                await ws.close(close_code, f"{type(exc).__name__}"[:120])
+                await ws.close(close_code, (reason or type(exc).__name__)[:120])
         except ConnectionClosed:
             pass
+
+
+class _LifecycleAtDebug(logging.LoggerAdapter):
+    """websockets' own INFO lines ("connection open", "HTTP response sent", "connection closed", "server
+    listening") at DEBUG: the server logs one line per fact itself (session started/ended, ready, shutdown),
+    and a health probe would otherwise cost two INFO lines. Warnings and errors pass unchanged."""
+
+    def log(self, level, msg, *args, **kwargs):
+        super().log(logging.DEBUG if level == logging.INFO else level, msg, *args, **kwargs)
+
+
+def _peer(ws) -> str:
+    address = getattr(ws, "remote_address", None)
+    return f"{address[0]}:{address[1]}" if address else "?"
 
 
 def _parse_json(message: str) -> dict:
