@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.errors import DeadlineExceededError, EngineError, GpuOutOfMemoryError, QueueFullError
+from engine.pipeline.heap import trim_heap
 from engine.runtime.batcher import Batcher
 from engine.runtime.device_step import run_batch
 from engine.runtime.policy import EnginePolicy
@@ -296,6 +297,7 @@ class _DeviceLoop:
         t0 = time.perf_counter()
         _resolve(future, fn, oom=self._release_memory)
         self._count(calls=1, busy_s=time.perf_counter() - t0)
+        trim_heap()  # this thread's arena keeps the freed blocks of varying-size calls (live whisper windows)
 
     def _run_requests(self, requests: list[Request]) -> None:
         live = [r for r in requests if r.future.set_running_or_notify_cancel()]
