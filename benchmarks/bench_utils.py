@@ -97,10 +97,10 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
-def publish(report: dict, out: Path, plot, table) -> dict:
+def publish(report: dict, out: Path, plot, table, rows_key: str = "rows") -> dict:
     """Write `report` as JSON to `out`, `plot(rows, out.png)`, print the markdown `table(rows)`."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    plot(report["rows"], out.with_suffix(".png"))
-    print(table(report["rows"]))
+    plot(report[rows_key], out.with_suffix(".png"))
+    print(table(report[rows_key]))
     return report

@@ -40,7 +40,7 @@ BASE_SIZE = (540, 960)  # (w, h): demo1 downscaled 2x
 BYTES_PER_MIB = 2**20
 SAMPLE_INTERVAL_S = 0.1
 FACE_MODES = ("all", "first-chunk")
-RUN_SETTINGS = dict(steps=1, guidance=1.0, deepcache=0, seed=1247)
+RUN_SETTINGS = dict(steps=1, guidance=1.0, deepcache=0, seed=1247, length="official")  # whole chunks
 
 
 # ---------------------------------------------------------------- synthesis (parent)

@@ -134,6 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--deepcache", type=int, default=None, help="0 disables DeepCache")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--length", default="official", choices=["audio", "official"],
+                        help="output length policy (official: N//2+2 frames, so a 0.56 s clip is one whole chunk)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--face", default="mediapipe")
@@ -146,7 +148,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     settings = {"preset": args.preset, "steps": args.steps, "guidance": args.guidance,
-                "deepcache": args.deepcache, "seed": args.seed}
+                "deepcache": args.deepcache, "seed": args.seed, "length": args.length}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         clip, speech = prepare_clip(args.video, args.audio, args.seconds, tuple(args.size) if args.size else None,

@@ -75,6 +75,12 @@ class GpuOutOfMemoryError(EngineError):
     exit_code = 10
 
 
+class NonFiniteOutputError(EngineError):
+    """A network produced NaN/Inf (also after a float32 retry); the frame range is named."""
+
+    exit_code = 11
+
+
 def expect(condition: bool, error: type[EngineError], what: str, expected: object, found: object) -> None:
     """Raise `error("<what>: expected <expected>, found <found>")` unless `condition` holds."""
     if not condition:

@@ -22,7 +22,7 @@ def test_onnxruntime_backend_matches_torch_end_to_end(inputs, tmp_path, monkeypa
 
     monkeypatch.setenv("LATENTSYNC_ENGINE_CACHE", str(tmp_path / "cache"))
     frames, audio, landmarks = inputs
-    settings = dict(steps=2, guidance=1.5, deepcache=2, seed=3)
+    settings = dict(steps=2, guidance=1.5, deepcache=2, seed=3, length="official")
     eager = LipSync.from_pretrained("tiny-random", device="cpu", backend="torch")
     try:
         ort = LipSync.from_pretrained("tiny-random", device="cpu", backend="onnxruntime")
@@ -33,7 +33,7 @@ def test_onnxruntime_backend_matches_torch_end_to_end(inputs, tmp_path, monkeypa
     assert a.shape == b.shape == (10, 320, 320, 3)
     diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
     assert diff.max() <= 3 and (diff == 0).mean() > 0.98, (diff.max(), (diff == 0).mean())
-    assert {type(ort.core.unet).__name__, type(ort.core.vae).__name__} == {"UNetRunner", "VaeRunner"}
+    assert ort.core.runners.choice == {"unet": "onnxruntime", "vae": "onnxruntime", "audio": "onnxruntime"}
 
 
 def test_explicit_unavailable_backend_raises_instead_of_falling_back():

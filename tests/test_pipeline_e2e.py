@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-SECONDS = 0.6  # 15 source frames; 0.6 s of speech -> L = 17 output frames (chunks of 16 + 1, ping-pong at the end)
+SECONDS = 0.6  # 15 source frames; 0.6 s of speech = 15 frames (official rule: L = 17, chunks of 16 + 1, ping-pong)
+SPEECH_FRAMES = 15
 FAST = dict(steps=1, guidance=1.0, deepcache=0, seed=7)  # CFG and DeepCache are covered by the golden e2e test
 
 
@@ -63,21 +64,21 @@ def _official_frame_count(num_samples: int) -> int:
     return features // 2 + 2
 
 
-def test_run_writes_valid_mp4_following_the_official_frame_rule(sync, clip, tmp_path):
+def test_run_writes_valid_mp4_as_long_as_the_speech(sync, clip, tmp_path):
     from engine.media import load_audio, probe
 
     video, wav, speech = clip
     out = tmp_path / "out.mp4"
-    result = sync(video, wav, out, **FAST)
-    expected_frames = _official_frame_count(speech.size)
-    assert result.num_frames == expected_frames == 17
+    result = sync(video, wav, out, **FAST)  # default length policy: the speech's length
+    assert result.num_frames == SPEECH_FRAMES == -(-speech.size // 640) < _official_frame_count(speech.size) == 17
+    assert result.length == "audio"
     info = probe(out)
     assert info.video.codec == "h264" and info.audio.codec == "aac"
-    assert info.video.frames == expected_frames
-    assert abs(info.video.duration_s - expected_frames / 25) < 1 / 25
-    # the audio track is the input speech (trimmed to 640*L samples, here shorter than that)
+    assert info.video.frames == SPEECH_FRAMES
+    assert abs(info.video.duration_s - speech.size / 16000) < 1 / 25  # within one frame of the speech
+    # the audio track is the whole input speech
     track = load_audio(out)
-    assert abs(track.size - min(speech.size, 640 * expected_frames)) <= 1024
+    assert abs(track.size - speech.size) <= 1024
     n = min(track.size, speech.size)
     corr = np.corrcoef(track[:n], speech[:n])[0, 1]
     assert corr > 0.95, corr
@@ -115,7 +116,7 @@ def test_frames_without_a_face_pass_through_and_are_reported(sync, clip, source_
     frames = source_frames.copy()
     frames[5:10] = 0  # a fade to black in the middle
     result = sync(frames, speech, **FAST)
-    assert result.no_face_ranges == [(5, 10)]  # output frames 15-16 revisit source frames 14 and 13
+    assert result.no_face_ranges == [(5, 10)]
     np.testing.assert_array_equal(result.frames[5:10], frames[5:10])
     assert (result.frames[10] != frames[10]).any()
 
@@ -144,12 +145,14 @@ def test_no_face_anywhere_fails_before_diffusion_and_writes_nothing(sync, clip, 
 
 
 def test_same_seed_is_bit_identical_and_another_seed_differs(sync, clip, source_frames, landmarks):
+    """Also the length policy: the official count only adds frames, the generated ones do not change."""
     from engine.pipeline.faces import LandmarkArraySource
 
     _, _, speech = clip
-    runs = [sync(source_frames, speech, face=LandmarkArraySource(landmarks), **{**FAST, "seed": seed}).frames
-            for seed in (7, 7, 8)]
-    np.testing.assert_array_equal(runs[0], runs[1])
+    runs = [sync(source_frames, speech, face=LandmarkArraySource(landmarks), length=length,
+                 **{**FAST, "seed": seed}).frames for seed, length in ((7, "audio"), (7, "official"), (8, "audio"))]
+    assert len(runs[0]) == SPEECH_FRAMES and len(runs[1]) == _official_frame_count(speech.size) == 17
+    np.testing.assert_array_equal(runs[0], runs[1][:SPEECH_FRAMES])
     assert (runs[0] != runs[2]).any()
 
 
@@ -157,7 +160,8 @@ def test_cli_run_report_and_bad_input(clip, tmp_path):
     video, wav, _ = clip
     out, report = tmp_path / "cli.mp4", tmp_path / "report.json"
     cmd = [sys.executable, "-m", "engine", "run", "--model", "tiny-random", "--video", str(video), "--audio", str(wav),
-           "--output", str(out), "--steps", "1", "--face", "mediapipe", "--device", "cpu", "--report", str(report)]
+           "--output", str(out), "--steps", "1", "--face", "mediapipe", "--device", "cpu", "--report", str(report),
+           "--length", "official"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "17 frames" in done.stdout and out.is_file()

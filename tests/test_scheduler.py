@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from engine.errors import InvalidInputError
 from engine.models import LatentSyncUNet, tiny_unet_config
-from engine.scheduler import denoise, make_scheduler, timesteps_for
+from engine.scheduler import denoise, denoise_batch, make_scheduler, timesteps_for
 
 GUIDANCE = 1.5
 TOL = dict(rtol=1e-4, atol=1e-3)  # golden README E
@@ -103,8 +103,8 @@ class RecordingUNet:
         return self._noise(sample, timestep, encoder_hidden_states)
 
 
-def _small_inputs(frames=3, size=4, channels=8):
-    g = torch.Generator().manual_seed(0)
+def _small_inputs(frames=3, size=4, channels=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
     return (torch.randn(1, 4, frames, size, size, generator=g), torch.ones(1, 1, frames, size, size),
             torch.randn(1, 4, frames, size, size, generator=g), torch.randn(1, 4, frames, size, size, generator=g),
             torch.randn(frames, 50, channels, generator=g))
@@ -126,6 +126,33 @@ def test_cfg_is_one_batched_call_with_zero_audio_first():
     assert [c[2] for c in fake.calls] == timesteps_for(5)
     audio = seen_audio[0]  # [2F,50,C]: frames of the unconditional pass first
     assert torch.equal(audio[:3], torch.zeros_like(inputs[4])) and torch.equal(audio[3:], inputs[4])
+
+
+@pytest.mark.parametrize("guidance", [GUIDANCE, 1.0])
+def test_batched_requests_run_in_lockstep_and_each_gets_its_solo_result(guidance):
+    """n requests -> one U-Net call per step with 2n rows under CFG, (uncond, audio) per request."""
+    requests = [_small_inputs(seed=seed) for seed in (1, 2, 3)]
+    solo = [denoise(RecordingUNet(), *r, steps=4, guidance_scale=guidance) for r in requests]
+    fake, seen_audio = RecordingUNet(), []
+    original = fake.forward
+
+    def spy(sample, timestep, audio):
+        seen_audio.append(audio.clone())
+        return original(sample, timestep, audio)
+
+    fake.forward = spy
+    stacked = [torch.cat([r[i] for r in requests]) for i in range(4)] + [torch.stack([r[4] for r in requests])]
+    batched = denoise_batch(fake, *stacked, steps=4, guidance_scale=guidance)
+    rows = 6 if guidance > 1 else 3
+    assert [c[:2] for c in fake.calls] == [("plain", rows)] * 4
+    for k, want in enumerate(solo):
+        torch.testing.assert_close(batched[k:k + 1], want, rtol=0, atol=0)
+    audio = seen_audio[0].view(rows, 3, 50, 8)  # (row, frame)-major
+    if guidance > 1:
+        for k, r in enumerate(requests):
+            assert not audio[2 * k].any() and torch.equal(audio[2 * k + 1], r[4])
+    with pytest.raises(InvalidInputError, match=r"audio_embeds: expected shape \[3,3,50,C\]"):
+        denoise_batch(fake, *stacked[:4], stacked[4][:2], steps=1, guidance_scale=guidance)
 
 
 def test_no_cfg_at_guidance_one():

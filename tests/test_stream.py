@@ -56,7 +56,7 @@ def _run_utterance(session, speech) -> list:
 @pytest.fixture(scope="module")
 def offline(sync, inputs):
     frames, landmarks, speech = inputs
-    return sync(frames, speech, steps=1, guidance=1.0, face=_faces(landmarks)).frames  # [L,H,W,3]
+    return sync(frames, speech, steps=1, guidance=1.0, face=_faces(landmarks), length="official").frames  # [L,H,W,3]
 
 
 @pytest.fixture(scope="module")

@@ -25,19 +25,25 @@ def mel_windows(mel: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
 
 
 def _placement(encoder) -> tuple[torch.device, torch.dtype]:
-    """(device, dtype) of an nn.Module's weights, else of a backend wrapper's `device`/`dtype` attributes."""
+    """Where a bare nn.Module wants its mel (its weights' device and dtype).
+
+    Runners (engine.backends.AudioRunner) and the engine core's `audio_encoder` proxy move their
+    input themselves and return features on the mel's device, so for them (and any other callable)
+    the mel stays on the CPU in float32.
+    """
     weight = next(encoder.parameters(), None) if isinstance(encoder, torch.nn.Module) else None
     if weight is not None:
         return weight.device, weight.dtype
-    return torch.device(getattr(encoder, "device", "cpu")), getattr(encoder, "dtype", torch.float32)
+    return torch.device("cpu"), torch.float32
 
 
 @torch.no_grad()
 def audio_features(samples: torch.Tensor | np.ndarray, encoder: WhisperAudioEncoder, *,
                    dtype: torch.dtype | None = None) -> torch.Tensor:
-    """16 kHz mono samples [S] -> features [N, 5, C] on the encoder's device, N = 1500*(M//3000) + (M%3000)//2.
+    """16 kHz mono samples [S] -> features [N, 5, C], N = 1500*(M//3000) + (M%3000)//2.
 
-    encoder: WhisperAudioEncoder or any callable mel [B, 80, 3000] -> [B, 1500, 5, C].
+    encoder: a runner or the engine core's proxy (features come back on the CPU), a WhisperAudioEncoder
+    (features on its device) or any callable mel [B, 80, 3000] -> [B, 1500, 5, C].
     dtype: encoder compute dtype (default: the encoder's weight dtype). float16 with fp32 weights on
     CUDA reproduces the official GPU encode; the result has this dtype.
     """

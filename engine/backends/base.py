@@ -95,6 +95,9 @@ class VaeRunner(_Runner):
 
     def posterior(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
         # pixels [f,3,R,R] in [-1,1] -> (mean, std) [f,4,R/8,R/8], unscaled
+        from engine.models.vae import check_pixels
+
+        check_pixels(pixels)
         out = run_executor(self.encoder, {"pixels": pixels}, pixels.dtype, pixels.device)
         return out["mean"], out["std"]
 
@@ -111,6 +114,9 @@ class VaeRunner(_Runner):
 
     def decode_latents(self, latents: Tensor) -> Tensor:
         """Images from scaled latents, as engine.models.vae.vae_decode."""
+        from engine.models.vae import check_latents
+
+        check_latents(latents)
         return self.decode(latents / VAE_SCALING_FACTOR + VAE_SHIFT_FACTOR)
 
 

@@ -32,6 +32,8 @@ def register(subparsers) -> None:
                         "mediapipe-static (detects every frame) | path to a face-track JSON")
     p.add_argument("--strict-faces", action="store_true", help="fail if any frame has no face (default: pass through)")
     p.add_argument("--crf", type=int, default=18, help="x264 quality (lower is better; default 18)")
+    p.add_argument("--length", default="audio", choices=["audio", "official"],
+                   help="output length: audio = as long as the speech (default), official = N//2+2 frames (80 ms longer)")
     p.add_argument("--offline", action="store_true", help="never contact the model hub (use cached weights)")
     p.add_argument("--report", help="write a JSON report (timings per stage, frame counts, no-face ranges)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -62,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
         result = sync(
             args.video, checked.samples, str(checked.output), preset=args.preset, steps=args.steps, guidance=args.guidance,
             deepcache=args.deepcache, seed=args.seed, strict_faces=args.strict_faces, crf=args.crf,
-            progress=bar.callback,
+            progress=bar.callback, length=args.length,
         )
     if args.report:
         write_report(result, args.report)

@@ -73,7 +73,12 @@ def _vae_dtype_device(vae) -> tuple[torch.dtype, torch.device]:
     return param.dtype, param.device
 
 
-def _check_pixels(pixels: Tensor) -> None:
+def check_latents(latents: Tensor) -> None:
+    if latents.ndim != 4 or latents.shape[1] != LATENT_CHANNELS:
+        raise InvalidInputError(f"VAE latents: expected [f,4,h,w], found {list(latents.shape)}")
+
+
+def check_pixels(pixels: Tensor) -> None:
     if pixels.ndim != 4 or pixels.shape[1] != 3 or pixels.shape[2] % LATENT_DOWNSAMPLE or pixels.shape[3] % LATENT_DOWNSAMPLE:
         raise InvalidInputError(
             f"VAE pixels: expected [f,3,R,R] with R a multiple of {LATENT_DOWNSAMPLE}, found {list(pixels.shape)}"
@@ -84,12 +89,11 @@ def _check_pixels(pixels: Tensor) -> None:
 def vae_posterior(vae, pixels: Tensor) -> tuple[Tensor, Tensor]:
     """(mean, std) of the posterior, unscaled, each [f,4,R/8,R/8], in the VAE dtype.
 
-    `pixels` [f,3,R,R] in [-1,1] (any float dtype: cast to the VAE dtype, as the official pipeline does).
-    std = exp(0.5 * clamp(logvar, -30, 20)).
+    `vae` is the AutoencoderKL module (the reference math; the pipeline calls the same network through
+    `engine.backends.VaeRunner` on the engine core's device thread). `pixels` [f,3,R,R] in [-1,1] (any
+    float dtype: cast to the VAE dtype, as the official pipeline does). std = exp(0.5 * clamp(logvar, -30, 20)).
     """
-    _check_pixels(pixels)
-    if hasattr(vae, "posterior"):  # a backend runner (engine.backends.VaeRunner)
-        return vae.posterior(pixels)
+    check_pixels(pixels)
     dtype, device = _vae_dtype_device(vae)
     moments = vae.encode(pixels.to(device=device, dtype=dtype)).latent_dist.parameters  # [f,8,h,w]
     mean, logvar = torch.chunk(moments, 2, dim=1)
@@ -124,11 +128,8 @@ def vae_encode(vae, pixels: Tensor, *, sample: bool = True, generator: torch.Gen
 
 @torch.no_grad()
 def vae_decode(vae, latents: Tensor) -> Tensor:
-    """Decoded images [f,3,R,R] (not clamped) from scaled latents [f,4,h,w], in the VAE dtype."""
-    if latents.ndim != 4 or latents.shape[1] != LATENT_CHANNELS:
-        raise InvalidInputError(f"VAE latents: expected [f,4,h,w], found {list(latents.shape)}")
-    if hasattr(vae, "decode_latents"):  # a backend runner (engine.backends.VaeRunner)
-        return vae.decode_latents(latents)
+    """Decoded images [f,3,R,R] (not clamped) from scaled latents [f,4,h,w], in the VAE dtype (AutoencoderKL)."""
+    check_latents(latents)
     dtype, device = _vae_dtype_device(vae)
     z = latents.to(device=device, dtype=dtype) / VAE_SCALING_FACTOR + VAE_SHIFT_FACTOR
     return vae.decode(z).sample

@@ -5,10 +5,23 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from engine.constants import CHUNK_FRAMES
-from engine.errors import InvalidInputError
+from engine.constants import CHUNK_FRAMES, SAMPLES_PER_FRAME
+from engine.errors import InvalidInputError, expect
 
 OFFICIAL_SEED = 1247
+# Output length: "audio" = as long as the speech (within one frame; the default), "official" = N//2 + 2
+# frames from N whisper feature rows, two frames (80 ms) longer than the speech (the official rule).
+LENGTH_POLICIES = ("audio", "official")
+DEFAULT_LENGTH = "audio"
+
+
+def output_frame_count(official_frames: int, num_samples: int, length: str = DEFAULT_LENGTH) -> int:
+    """Frames to output: the official count, or the speech's length in 25 fps frames (rounded up, so no
+    speech is cut; never more than the official count, whose chunk layout is kept so frames do not change)."""
+    expect(length in LENGTH_POLICIES, InvalidInputError, "length", f"one of {LENGTH_POLICIES}", repr(length))
+    if length == "official":
+        return official_frames
+    return max(1, min(official_frames, -(-num_samples // SAMPLES_PER_FRAME)))
 
 
 @dataclass(frozen=True)

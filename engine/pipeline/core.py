@@ -3,7 +3,10 @@
 Everything else (offline files, the SDK, streaming sessions) drives this core.
 It never holds the whole video: source frames are decoded lazily, and only the
 frames a ping-pong pass will revisit are kept (spilled to a temporary file
-beyond a small RAM budget).
+beyond a small RAM budget). Device work goes through the core's engine
+(`engine.runtime.EngineCore`): one thread calls every network, batching chunks
+of concurrent callers; the calling thread prepares chunks ahead and restores
+the finished ones, so host work overlaps with device work.
 
 Faithful by default to the official `LipsyncPipeline.__call__` (spec §1.3):
 L = floor(N/2) + 2 output frames from N whisper features; ping-pong loop of the
@@ -15,10 +18,12 @@ zero-audio CFG; paste in pixel space with the mouth mask; restore into the frame
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections import defaultdict, deque
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +31,7 @@ import torch
 
 from engine.constants import SAMPLES_PER_FRAME
 from engine.errors import InvalidInputError
-from engine.pipeline.config import SyncConfig
+from engine.pipeline.config import SyncConfig, output_frame_count
 from engine.pipeline.heap import trim_heap
 from engine.pipeline.source import SourceCursor, SourceItem
 
@@ -45,28 +50,42 @@ class OutputFrame:
 
 @dataclass
 class StageTimer:
-    """Wall time per named stage, summed over a run."""
+    """Time per named stage, summed over a run; safe to add to from several threads.
+
+    Stages overlap when they run on different threads (prepare, device, finish), so their sum can
+    exceed the wall time. Spans never synchronise the GPU unless `profile` (exact per-stage times on
+    CUDA, at the cost of serialising the device at every boundary).
+    """
 
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    profile: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def measure(self, stage: str) -> "_Span":
-        return _Span(self.seconds, stage)
+        return _Span(self, stage)
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] += seconds
 
     def as_dict(self) -> dict[str, float]:
-        return {k: round(v, 6) for k, v in self.seconds.items()}
+        with self._lock:
+            return {k: round(v, 6) for k, v in self.seconds.items()}
 
 
 class _Span:
-    def __init__(self, sink: dict[str, float], stage: str) -> None:
-        self.sink, self.stage = sink, stage
+    def __init__(self, timer: StageTimer, stage: str) -> None:
+        self.timer, self.stage = timer, stage
 
     def __enter__(self) -> None:
-        _sync_cuda()
+        if self.timer.profile:
+            _sync_cuda()
         self.t0 = time.perf_counter()
 
     def __exit__(self, *exc) -> None:
-        _sync_cuda()  # asynchronous GPU work is charged to the stage that queued it
-        self.sink[self.stage] += time.perf_counter() - self.t0
+        if self.timer.profile:
+            _sync_cuda()  # asynchronous GPU work is charged to the stage that queued it
+        self.timer.add(self.stage, time.perf_counter() - self.t0)
 
 
 def _sync_cuda() -> None:
@@ -86,8 +105,13 @@ class AudioPlan:
     """Whisper features of the whole speech and the frame count they imply."""
 
     features: torch.Tensor  # [N,5,C]
-    num_frames: int  # L = N//2 + 2 (official)
+    num_frames: int  # output frames: L = N//2 + 2 (official) or the speech's length (see LENGTH_POLICIES)
     samples: np.ndarray  # float32 [S] at 16 kHz
+    official_frames: int | None = None  # L; chunks are laid out over it, so the frames never change
+
+    @property
+    def layout_frames(self) -> int:
+        return self.official_frames if self.official_frames is not None else self.num_frames
 
     @property
     def trimmed_audio(self) -> np.ndarray:
@@ -100,32 +124,78 @@ class AudioPlan:
 
         return frame_windows(self.features, start, stop)
 
+    def chunks(self, chunk_frames: int) -> list[tuple[int, int, int]]:
+        """(start, stop, emit) per chunk: the official layout over `layout_frames`; only the first `emit`
+        frames of a chunk are output, and chunks past `num_frames` are not made at all."""
+        spans = []
+        for start in range(0, self.layout_frames, chunk_frames):
+            if start >= self.num_frames:
+                break
+            stop = min(start + chunk_frames, self.layout_frames)
+            spans.append((start, stop, min(stop, self.num_frames) - start))
+        return spans
+
 
 class LipSyncCore:
     """Runs the official chunked denoising over a stream of frames.
 
-    `unet` may be a `LatentSyncUNet` or any backend runner with the same
-    forward/forward_full/forward_shallow interface.
+    `unet`, `vae`, `audio_encoder` are the loaded modules (kept as the model's weights; the core never
+    calls them directly). `runners` (engine.backends.Runners) are what the engine core's device thread
+    calls; by default eager torch runners over those modules. `policy` sets batching and queue bounds.
     """
 
-    def __init__(self, *, unet, vae, audio_encoder, resolution: int,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, *, unet, vae, audio_encoder, resolution: int, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, runners=None, policy=None) -> None:
+        from engine.backends.torch_backend import torch_runners
+        from engine.runtime import AudioEncoderProxy, EngineCore
+
         self.unet = unet
         self.vae = vae
-        self.audio_encoder = audio_encoder
         self.resolution = int(resolution)
         self.device = torch.device(device)
         self.dtype = dtype
         self.latent_size = self.resolution // 8
+        runners = runners if runners is not None else torch_runners(unet, vae, audio_encoder)
+        self.engine = EngineCore(runners, device=self.device, policy=policy,
+                                 fp32_decoder=_fp32_decoder_factory(vae) if vae is not None else None)
+        self.audio_encoder = AudioEncoderProxy(self.engine)
+
+    @property
+    def runners(self):
+        return self.engine.runners
+
+    @property
+    def policy(self):
+        return self.engine.policy
 
     def new_aligner(self):
+        """A face aligner on the run device (its smoothing state belongs to one job)."""
         from engine.face.align import FaceAligner
 
-        return FaceAligner(self.resolution)
+        return FaceAligner(self.resolution, device=self.device)
+
+    def vae_posterior(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) [f,4,R/8,R/8] of pixels [f,3,R,R] in [-1,1], on the device thread (avatars)."""
+        from engine.runtime.proxies import vae_posterior_on_device
+
+        return vae_posterior_on_device(self.engine, pixels)
+
+    def warm_up(self, configs: Iterable[SyncConfig] | None = None, **kwargs) -> dict:
+        """Run every shape `configs` will use once (see engine.runtime.warmup.warm_up); sets `engine.ready`."""
+        from engine.runtime.warmup import warm_up
+
+        return warm_up(self, configs, **kwargs)
+
+    def close(self) -> None:
+        """Stop the engine core's device thread (queued work fails)."""
+        self.engine.close()
 
     # ------------------------------------------------------------------ audio
-    def plan_audio(self, samples: np.ndarray) -> AudioPlan:
-        """Whisper features for the whole clip (the official path is whole-clip: global max, 30 s windows)."""
+    def plan_audio(self, samples: np.ndarray, *, length: str = "official") -> AudioPlan:
+        """Whisper features for the whole clip (the official path is whole-clip: global max, 30 s windows).
+
+        `length` sets the output frame count: "official" (N//2 + 2) or "audio" (the speech's length).
+        """
         from engine.audio import audio_features, official_frame_count
 
         samples = np.asarray(samples)
@@ -139,7 +209,9 @@ class LipSyncCore:
             raise InvalidInputError("audio: expected finite samples, found NaN or Inf")
         with torch.inference_mode():
             features = audio_features(torch.from_numpy(samples), self.audio_encoder)
-        return AudioPlan(features=features, num_frames=official_frame_count(features.shape[0]), samples=samples)
+        official = official_frame_count(features.shape[0])
+        return AudioPlan(features=features, num_frames=output_frame_count(official, samples.size, length),
+                         samples=samples, official_frames=official)
 
     # ------------------------------------------------------------------ noise
     def start_noise(self, seed: int) -> tuple[torch.Generator, torch.Tensor]:
@@ -163,31 +235,64 @@ class LipSyncCore:
         on_chunk: Callable[[int, int], None] | None = None,
         strict_faces: bool = False,
     ) -> Iterator[OutputFrame]:
-        """Yield the L output frames in order, chunk by chunk.
+        """Yield the output frames in order, chunk by chunk.
 
-        `strict_faces`: once a frame without a face is seen, stop generating and only
-        scan the remaining frames (the caller raises with the complete ranges).
+        Chunks are prepared `policy.prefetch_chunks` ahead of the one being finished, so the host
+        work of the next chunks overlaps with the device work of this one. `strict_faces`: once a
+        frame without a face is seen, stop generating and only scan the remaining frames (the caller
+        raises with the complete ranges).
         """
-        timer = timer or StageTimer()
+        timer = timer or StageTimer(profile=self.policy.profile)
+        job = object()
+        pending: deque = deque()
+        try:
+            for chunk in self.prepared_chunks(frames, audio, faces, config, job=job, timer=timer,
+                                              num_source_estimate=num_source_estimate,
+                                              exact_source_count=exact_source_count, strict_faces=strict_faces):
+                pending.append(chunk)
+                while len(pending) > self.policy.prefetch_chunks:
+                    yield from self._finished(pending.popleft(), on_chunk)
+            while pending:
+                yield from self._finished(pending.popleft(), on_chunk)
+        finally:
+            self.engine.cancel_job(job)  # an abandoned run leaves nothing queued
+
+    @staticmethod
+    def _finished(chunk, on_chunk) -> Iterator[OutputFrame]:
+        frames = chunk.result()
+        yield from frames
+        if on_chunk is not None and frames:
+            on_chunk(frames[0].index, frames[-1].index + 1)
+
+    def prepared_chunks(self, frames: Iterable, audio: AudioPlan, faces: FaceLandmarkSource, config: SyncConfig, *,
+                        job: Hashable, timer: StageTimer, num_source_estimate: int | None = None,
+                        exact_source_count: bool = False, strict_faces: bool = False,
+                        deadline: float | None = None, cancelled: Callable[[], bool] | None = None):
+        """The prepare stage of one job: yields each chunk as soon as its device work is queued.
+
+        Owns the job's cursor, aligner and generator (one job, one thread). Submits block while the
+        engine's queue is full (the prepare stage runs at most a few chunks ahead anyway).
+        """
+        spans = audio.chunks(config.chunk_frames)
+        generated = spans[-1][1] if spans else 0
         aligner = self.new_aligner()
-        cursor = SourceCursor(frames, faces, aligner, num_output=audio.num_frames,
-                              num_source_estimate=num_source_estimate, exact_count=exact_source_count, timer=timer)
+        cursor = SourceCursor(frames, faces, aligner, num_output=generated, num_source_estimate=num_source_estimate,
+                              exact_count=exact_source_count, timer=timer, device_faces=True)
         generator, init_noise = self.start_noise(config.seed)
         scan_only = False
         try:
-            for start in range(0, audio.num_frames, config.chunk_frames):
-                stop = min(start + config.chunk_frames, audio.num_frames)
+            for start, stop, emit in spans:
                 items = cursor.take(stop - start)
-                scan_only = scan_only or (strict_faces and not all(item.has_face for item in items))
-                if scan_only:
-                    yield from (OutputFrame(j, item.source_index, item.frame, item.has_face)
-                                for j, item in zip(range(start, stop), items))
+                scan_only = scan_only or (strict_faces and not all(item.has_face for item in items[:emit]))
+                if scan_only:  # strict faces: no more device work, the caller reports the ranges
+                    from engine.pipeline.chunks import PendingChunk
+
+                    yield PendingChunk(items, list(range(start, stop)), [], None, aligner, timer, emit=emit)
                     continue
-                yield from self.sync_chunk(items, range(start, stop), audio.windows(start, stop), config,
-                                           init_noise, generator, aligner, timer)
+                yield self.submit_chunk(items, range(start, stop), audio.windows(start, stop), config, init_noise,
+                                        generator, aligner, timer, job=job, emit=emit, deadline=deadline,
+                                        block=True, cancelled=cancelled)
                 trim_heap()  # per-chunk temporaries would otherwise pile up in glibc's arenas
-                if on_chunk is not None:
-                    on_chunk(start, stop)
         finally:
             cursor.close()
 
@@ -197,64 +302,52 @@ class LipSyncCore:
                    timer: StageTimer) -> list[OutputFrame]:
         """Generate the mouths of one chunk; frames without a face pass through unchanged.
 
-        `audio_embeds` [f,50,C] holds one window per item. Frames with a face are
-        denoised together (their count sets the chunk's GroupNorm statistics, as
-        in the official pipeline when every frame has a face).
+        Safe from any thread: the device work runs on the engine core's device thread (possibly in a
+        batch with other callers' chunks), the restore in the calling thread. `audio_embeds` [f,50,C]
+        holds one window per item. Frames with a face are denoised together (their count sets the
+        chunk's GroupNorm statistics, as in the official pipeline when every frame has a face).
         """
+        return self.submit_chunk(items, indices, audio_embeds, config, init_noise, generator, aligner,
+                                 timer).result()
+
+    def submit_chunk(self, items: list[SourceItem], indices: Iterable[int], audio_embeds: torch.Tensor,
+                     config: SyncConfig, init_noise: torch.Tensor, generator: torch.Generator, aligner,
+                     timer: StageTimer, *, deadline: float | None = None, job: Hashable | None = None,
+                     emit: int | None = None, block: bool = False, cancelled: Callable[[], bool] | None = None):
+        """Queue one chunk's device work; returns a `PendingChunk` whose `result()` gives its OutputFrames.
+
+        `deadline` (a `time.monotonic()` time): if the chunk is still queued then, `result()` raises
+        DeadlineExceededError and no device work is done. A full engine queue raises QueueFullError
+        here at once (`block=True` waits instead). Chunks of one `job` (default: one per generator)
+        run in submission order; `engine.cancel_job(job)` drops the queued ones.
+        """
+        from engine.pipeline.chunks import PendingChunk, prepare_chunk
+
         indices = list(indices)
+        if len(indices) != len(items) or audio_embeds.shape[0] != len(items):
+            raise InvalidInputError(f"chunk: expected one index and one audio window per item ({len(items)}), "
+                                    f"found {len(indices)} indices and {audio_embeds.shape[0]} windows")
         chosen = [k for k, item in enumerate(items) if item.has_face]
-        synced: dict[int, np.ndarray] = {}
+        future = None
         if chosen:
-            faces = self._generate([items[k] for k in chosen], audio_embeds[chosen], config, init_noise,
-                                   generator, timer)
-            with timer.measure("restore"):
-                frames = torch.from_numpy(np.stack([items[k].frame for k in chosen]))  # [f,H,W,3] uint8
-                matrices = np.stack([items[k].matrix for k in chosen])  # [f,2,3]
-                restored = aligner.restore_batch(frames, faces, matrices).cpu().numpy()
-                synced = dict(zip(chosen, restored))
-        return [
-            OutputFrame(index=j, source_index=item.source_index, rgb=synced.get(k, item.frame), has_face=k in synced)
-            for k, (j, item) in enumerate(zip(indices, items))
-        ]
+            with torch.inference_mode(), timer.measure("prepare"):
+                work = prepare_chunk(items, chosen, audio_embeds, config, init_noise, generator, device=self.device,
+                                     dtype=self.dtype, first_frame=indices[0])
+            future = self.engine.submit(work, job=job if job is not None else id(generator), deadline=deadline,
+                                        block=block, cancelled=cancelled)
+        return PendingChunk(items, indices, chosen, future, aligner, timer, emit=emit)
 
-    def _generate(self, items: list[SourceItem], audio_embeds: torch.Tensor, config: SyncConfig,
-                  init_noise: torch.Tensor, generator: torch.Generator, timer: StageTimer) -> torch.Tensor:
-        """Pasted faces [f,3,R,R] in [-1,1]-ish (not clamped) for items that all have a face."""
-        from engine.face.mask import mask_to_latent, prepare_masks_and_masked_images
-        from engine.models.vae import posterior_sample, vae_decode, vae_encode
-        from engine.scheduler import denoise
 
-        device, dtype = self.device, self.dtype
-        f = len(items)
-        with torch.inference_mode():
-            with timer.measure("prepare"):
-                faces = np.stack([item.face for item in items])  # [f,R,R,3] uint8
-                pixel, masked, masks = prepare_masks_and_masked_images(faces)
-                mask_latents = mask_to_latent(masks).to(device, dtype)  # [f,1,h,w]
-                audio_embeds = audio_embeds.to(device, dtype)  # [f,50,C]
-            with timer.measure("vae_encode"):
-                if all(item.posterior is not None for item in items):  # prepared avatar: no VAE encode
-                    (mm, ms), (rm, rs) = (
-                        tuple(torch.stack([item.posterior[i][k] for item in items]).to(device, dtype) for k in (0, 1))
-                        for i in (0, 1)
-                    )
-                    masked_latents = posterior_sample(mm, ms, generator=generator)
-                    ref_latents = posterior_sample(rm, rs, generator=generator)
-                else:
-                    masked_latents = vae_encode(self.vae, masked.to(device, dtype), generator=generator)
-                    ref_latents = vae_encode(self.vae, pixel.to(device, dtype), generator=generator)
+def _fp32_decoder_factory(vae) -> Callable[[], Callable]:
+    """Builds (once, on the device thread) a float32 copy of the VAE decoder for the non-finite retry."""
 
-            def to_5d(x: torch.Tensor) -> torch.Tensor:  # [f,c,h,w] -> [1,c,f,h,w]
-                return x.permute(1, 0, 2, 3).unsqueeze(0)
+    def build():
+        from engine.backends.base import VaeRunner
+        from engine.backends.torch_backend import TorchExecutor
 
-            latents = init_noise.expand(-1, -1, f, -1, -1).clone()
-            with timer.measure("unet"):
-                latents = denoise(
-                    self.unet, latents, to_5d(mask_latents), to_5d(masked_latents), to_5d(ref_latents),
-                    audio_embeds, steps=config.steps, guidance_scale=config.guidance_scale,
-                    deepcache_interval=config.effective_deepcache, eta=config.eta,
-                )
-            with timer.measure("vae_decode"):
-                decoded = vae_decode(self.vae, latents[0].permute(1, 0, 2, 3))  # [f,3,R,R]
-                m = masks.to(device, dtype)
-                return decoded * (1 - m) + pixel.to(device, dtype) * m
+        vae32 = copy.deepcopy(vae).float()
+        runner = VaeRunner(TorchExecutor("vae_encoder", vae32), TorchExecutor("vae_decoder", vae32))
+        log.info("built a float32 VAE decoder for non-finite retries")
+        return runner.decode_latents
+
+    return build

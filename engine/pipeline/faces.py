@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from engine.errors import InvalidInputError
@@ -37,11 +39,11 @@ class TrackedFaceSource(FaceLandmarkSource):
         return None if observation is None else np.asarray(observation.landmarks3, dtype=np.float32)
 
 
-def make_landmark_source(spec, resolution: int, detectors: dict | None = None) -> FaceLandmarkSource:
+def make_landmark_source(spec, resolution: int, detector=None) -> FaceLandmarkSource:
     """'auto' | 'insightface' | 'mediapipe' | a track-file path | an array [T,3,2] | a FaceLandmarkSource.
 
-    Every run gets a fresh tracker; the detector behind it (model sessions) is
-    reused from `detectors` when given, so repeated runs do not reload models.
+    Every call gets a fresh tracker. `detector` (a face source leased from a `DetectorPool`) is used
+    instead of loading one; it must not be used by another thread while this source is in use.
     """
     if isinstance(spec, FaceLandmarkSource):
         return spec
@@ -49,10 +51,54 @@ def make_landmark_source(spec, resolution: int, detectors: dict | None = None) -
         return LandmarkArraySource(spec)
     from engine.face.detection import FaceTracker, make_face_source
 
-    key = str(spec)
-    detector = detectors.get(key) if detectors is not None else None
-    if detector is None:
-        detector = make_face_source(key)
-        if detectors is not None:
-            detectors[key] = detector
-    return TrackedFaceSource(FaceTracker(detector))
+    return TrackedFaceSource(FaceTracker(detector if detector is not None else make_face_source(str(spec))))
+
+
+def needs_detector(spec) -> bool:
+    """Whether `spec` names a detector (as opposed to given landmarks or a ready landmark source)."""
+    return not isinstance(spec, (FaceLandmarkSource, np.ndarray))
+
+
+class DetectorPool:
+    """Face detectors by spec, each lent to one job at a time.
+
+    The detector and landmark interpreters (mediapipe, ONNX Runtime sessions) keep per-call state and
+    are not safe to share between threads, so concurrent jobs each lease their own; a returned detector
+    is reused by the next job (models load once per concurrent job, not once per call).
+    """
+
+    def __init__(self) -> None:
+        self._idle: dict[str, list] = {}
+        self._lock = threading.Lock()
+
+    def lease(self, spec) -> "DetectorLease":
+        key = str(spec)
+        with self._lock:
+            idle = self._idle.get(key)
+            detector = idle.pop() if idle else None
+        if detector is None:
+            from engine.face.detection import make_face_source
+
+            detector = make_face_source(key)
+        return DetectorLease(self, key, detector)
+
+    def _give_back(self, key: str, detector) -> None:
+        with self._lock:
+            self._idle.setdefault(key, []).append(detector)
+
+    def idle_count(self, spec) -> int:
+        with self._lock:
+            return len(self._idle.get(str(spec), ()))
+
+
+class DetectorLease:
+    """One job's detector; `release()` (idempotent) returns it to the pool."""
+
+    def __init__(self, pool: DetectorPool, key: str, detector) -> None:
+        self._pool, self._key, self.detector = pool, key, detector
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._pool._give_back(self._key, self.detector)

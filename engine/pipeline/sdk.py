@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -12,13 +13,15 @@ from pathlib import Path
 import numpy as np
 
 from engine.constants import FPS, SAMPLE_RATE
-from engine.errors import InvalidInputError, NoFaceError
-from engine.pipeline.config import SyncConfig, resolve_config
+from engine.errors import InvalidInputError, NoFaceError, expect
+from engine.pipeline.config import DEFAULT_LENGTH, LENGTH_POLICIES, SyncConfig, resolve_config
 from engine.pipeline.core import AudioPlan, LipSyncCore, OutputFrame, StageTimer
 from engine.pipeline.device import Placement, choose_placement
-from engine.pipeline.faces import make_landmark_source
+from engine.pipeline.faces import make_landmark_source, needs_detector
 
 log = logging.getLogger(__name__)
+CANCEL_WAIT_S = 30.0  # how long an interrupted call waits for its job to clean up (one device batch at most)
+SIGNAL_POLL_S = 0.1  # how often a waiting call lets pending signal handlers run
 
 
 def frame_ranges(indices: Iterable[int]) -> list[tuple[int, int]]:
@@ -41,7 +44,7 @@ class SyncResult:
     device: str
     dtype: str
     config: SyncConfig
-    num_frames: int  # output frames (official count from the audio)
+    num_frames: int  # output frames (the speech's length, or the official count: see `length`)
     num_source_frames: int  # distinct input frames used
     fps: int
     audio_samples: int  # samples muxed with the output
@@ -51,6 +54,7 @@ class SyncResult:
     output_path: str | None = None
     frames: np.ndarray | None = field(default=None, repr=False)  # [L,H,W,3] when no output path was given
     audio: np.ndarray | None = field(default=None, repr=False)
+    length: str = DEFAULT_LENGTH  # output length policy ("audio" or "official")
 
     @property
     def frames_per_second(self) -> float:
@@ -76,28 +80,34 @@ class SyncResult:
 class LipSync:
     """Loaded models plus the chunked core; call it on a video and speech.
 
+    Thread-safe: several threads may call one object at once; their device work goes through the
+    one engine core (`self.core.engine`), batched where shapes agree. `close()` stops it.
+
     >>> sync = LipSync.from_pretrained("latentsync-1.6", device="cuda")
     >>> result = sync("face.mp4", "speech.wav", output="out.mp4")
     """
 
-    def __init__(self, models, placement: Placement, *, face: str = "auto", backend: str = "torch") -> None:
+    def __init__(self, models, placement: Placement, *, face: str = "auto", backend: str = "torch",
+                 options=None, policy=None) -> None:
+        from engine.backends import BackendOptions, create_runners  # lazy: optional runtimes
+        from engine.pipeline.faces import DetectorPool
+        from engine.runtime import EnginePolicy, JobRunner
+
         self.models = models
         self.placement = placement
         self.face = face
         self.backend = backend
-        self._detectors: dict = {}  # face detectors by spec, loaded once
-        unet, vae, audio_encoder = models.unet, models.vae, models.audio_encoder
-        if backend != "torch":  # eager torch needs no runner layer
-            from engine.backends import create_runners  # lazy: optional runtimes
-
-            runners = create_runners(models, backend, device=placement.device)
-            unet, vae, audio_encoder = runners.unet, runners.vae, runners.audio_encoder
-            log.log(logging.DEBUG if "auto" in backend else logging.INFO,  # auto logs its own choice
-                    "backends: %s", ", ".join(f"{k}={v}" for k, v in runners.choice.items()))
+        self.policy = policy or EnginePolicy()
+        self._detectors = DetectorPool()  # each concurrent job leases its own detector
+        options = options if options is not None else BackendOptions()
+        runners = create_runners(models, backend, device=placement.device, options=options)
+        log.info("backends: %s", ", ".join(f"{k}={v}" for k, v in runners.choice.items()))
+        self.policy = _fit_policy(self.policy, runners.choice, options)
         self.core = LipSyncCore(
-            unet=unet, vae=vae, audio_encoder=audio_encoder, resolution=models.resolution,
-            device=placement.device, dtype=placement.dtype,
+            unet=models.unet, vae=models.vae, audio_encoder=models.audio_encoder, resolution=models.resolution,
+            device=placement.device, dtype=placement.dtype, runners=runners, policy=self.policy,
         )
+        self._jobs = JobRunner(self.core.engine, self.policy)
 
     @classmethod
     def from_pretrained(
@@ -110,18 +120,23 @@ class LipSync:
         backend: str = "torch",
         offline: bool = False,
         resolution: int | None = None,
+        options=None,
+        policy=None,
     ) -> "LipSync":
         """Load `model` (a registry name, a local directory, or 'tiny-random') onto a device.
 
         `resolution` overrides the model's face resolution (256 or 512); the
-        registry models carry their own (1.5: 256, 1.6: 512).
+        registry models carry their own (1.5: 256, 1.6: 512). `options` (engine.backends.BackendOptions)
+        configure the backend; `policy` (engine.runtime.EnginePolicy) the engine core's batching.
         """
         from engine.weights import load_models
 
         placement = choose_placement(device, dtype)
         models = load_models(model, device=placement.device, dtype=placement.dtype, offline=offline,
                              resolution=resolution)
-        return cls(models, placement, face=face, backend=backend)  # load_models warned about random weights
+        if getattr(models, "is_random", False):
+            log.warning("model %s has RANDOM weights: the mouth it generates is meaningless", model)
+        return cls(models, placement, face=face, backend=backend, options=options, policy=policy)
 
     # ------------------------------------------------------------------
     def __call__(
@@ -139,73 +154,72 @@ class LipSync:
         strict_faces: bool = False,
         crf: int = 18,
         progress: Callable[[int, int], None] | None = None,
+        length: str = DEFAULT_LENGTH,
     ) -> SyncResult:
         """Lip-sync `video` (path, [T,H,W,3] uint8 array or iterable of frames) to `audio`
-        (path or float32 16 kHz mono array). Writes `output` (mp4) if given, else returns frames."""
+        (path or float32 16 kHz mono array). Writes `output` (mp4) if given, else returns frames.
+        `length`: "audio" (default: the output is as long as the speech, within one frame) or
+        "official" (N//2 + 2 frames, two more than the speech, as the official pipeline)."""
         config = resolve_config(
             preset, steps=steps, guidance_scale=guidance, seed=seed,
             deepcache_interval=deepcache if deepcache else None, deepcache_off=deepcache == 0,
         )
         return self.run(video, audio, output, config=config, face=face, strict_faces=strict_faces,
-                        crf=crf, progress=progress)
+                        crf=crf, progress=progress, length=length)
 
     def run(self, video, audio, output=None, *, config: SyncConfig, face: str | None = None,
-            strict_faces: bool = False, crf: int = 18, progress=None) -> SyncResult:
-        t0 = time.perf_counter()
-        timer = StageTimer()
-        log.info("settings: %s", config)
-        with timer.measure("load_audio"):
-            samples = self._load_audio(audio)
-        frames, size, estimate, exact = self._open_video_counted(video)
-        with timer.measure("audio_features"):
-            plan: AudioPlan = self.core.plan_audio(samples)
-        faces = make_landmark_source(face or self.face, self.models.resolution, self._detectors)
-        out_path = Path(output) if output is not None else None
-        writer = None
-        collected: list[np.ndarray] = []
-        no_face: list[int] = []
-        sources: set[int] = set()
-        produced = 0
+            strict_faces: bool = False, crf: int = 18, progress=None, length: str = DEFAULT_LENGTH) -> SyncResult:
+        """One job, submitted and waited for (see `submit`)."""
+        handle = self.submit(video, audio, output, config=config, face=face, strict_faces=strict_faces, crf=crf,
+                             progress=progress, length=length)
         try:
-            for item in self.core.run(frames, plan, faces, config, num_source_estimate=estimate,
-                                      exact_source_count=exact, timer=timer, strict_faces=strict_faces):
-                item: OutputFrame
-                if not item.has_face:
-                    no_face.append(item.index)
-                sources.add(item.source_index)
-                if out_path is not None:
-                    if writer is None:
-                        writer = self._open_writer(out_path, item.rgb, plan, crf)
-                    with timer.measure("encode"):
-                        writer.write(item.rgb)
-                else:
-                    collected.append(item.rgb)
-                produced += 1
-                if progress is not None:
-                    progress(produced, plan.num_frames)
-            why = getattr(getattr(faces, "tracker", None), "why_no_face", lambda: "")()  # the detector's reasons
-            why = f" ({why})" if why else ""
-            if produced and len(no_face) == produced:
-                raise NoFaceError(f"video: expected a face in at least one frame, found none in {produced} frames{why}")
-            if strict_faces and no_face:
-                raise NoFaceError(f"video: expected a face in every frame, found none in frames {frame_ranges(no_face)}{why}")
-            if writer is not None:
-                with timer.measure("encode"):
-                    writer.close()
-                writer = None
-        finally:
-            if writer is not None:
-                writer.abort()
-        return SyncResult(
-            model=getattr(self.models, "name", "?"), resolution=self.models.resolution,
-            device=str(self.placement.device), dtype=self.placement.dtype_name, config=config,
-            num_frames=produced, num_source_frames=len(sources), fps=FPS,
-            audio_samples=int(plan.trimmed_audio.size), no_face_ranges=frame_ranges(no_face),
-            timings=timer.as_dict(), wall_seconds=time.perf_counter() - t0,
-            output_path=str(out_path) if out_path is not None else None,
-            frames=np.stack(collected) if collected else None,
-            audio=plan.trimmed_audio if out_path is None else None,
-        )
+            # Wake up now and then: a signal that lands on another thread (Ctrl-C, SIGTERM) only raises in this,
+            # the main thread, when it runs Python code, not while it blocks on a lock.
+            while not handle.wait(SIGNAL_POLL_S):
+                pass
+            return handle.result()
+        except BaseException:
+            # e.g. Ctrl-C / SIGTERM in the caller: stop the job and let it remove its partial output first
+            handle.cancel()
+            handle.wait(CANCEL_WAIT_S)
+            raise
+
+    def submit(self, video, audio, output=None, *, config: SyncConfig | None = None, face=None,
+               strict_faces: bool = False, crf: int = 18, progress=None, length: str = DEFAULT_LENGTH,
+               deadline: float | None = None):
+        """Queue one job and return its `JobHandle` (`result(timeout)`, `cancel()`, `done()`) at once.
+
+        The job's stages run on their own threads (prepare: decode, faces, alignment, masks; finish:
+        restore, encode); `progress(done, total)` is called from the finish thread. `deadline`
+        (a `time.monotonic()` time): a job not started by then fails with DeadlineExceededError, and
+        its chunks still queued then are dropped. Raises QueueFullError at once when the job queue
+        is full (EnginePolicy.max_queued_jobs).
+        """
+        config = config if config is not None else resolve_config("reference")
+        expect(length in LENGTH_POLICIES, InvalidInputError, "length", f"one of {LENGTH_POLICIES}", repr(length))
+        stages = _SyncJob(self, video, audio, output, config=config, face=face if face is not None else self.face,
+                          strict_faces=strict_faces, crf=crf, progress=progress, length=length, deadline=deadline)
+        return self._jobs.submit(stages, key=stages.key, deadline=deadline)
+
+    def warm_up(self, configs=None, **kwargs) -> dict:
+        """Compile / capture / load every shape the given SyncConfigs use, once, at start-up (sets `ready`)."""
+        return self.core.warm_up(configs, **kwargs)
+
+    @property
+    def ready(self) -> bool:
+        """True once `warm_up` has run (a server reports ready only after it)."""
+        return self.core.engine.ready
+
+    def close(self) -> None:
+        """Cancel running and queued jobs, then stop the engine core; joins every thread."""
+        self._jobs.close()
+        self.core.close()
+
+    def __enter__(self) -> "LipSync":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ------------------------------------------------------------------
     def _load_audio(self, audio) -> np.ndarray:
@@ -255,3 +269,100 @@ class LipSync:
 
 def write_report(result: SyncResult, path: str | Path) -> None:
     Path(path).write_text(json.dumps(result.to_json(), indent=2))
+
+
+def _fit_policy(policy, choice: dict[str, str], options):
+    """Cap batches at what static engines were built for (a TensorRT profile's batch and frame range)."""
+    changes = {}
+    if choice.get("unet") == "tensorrt" and policy.max_unet_rows is None:
+        changes["max_unet_rows"] = options.batch
+    if choice.get("vae") == "tensorrt" and policy.max_vae_rows is None:
+        changes["max_vae_rows"] = options.frames
+    if changes:
+        log.info("engine policy capped by the TensorRT profiles: %s", changes)
+    return dataclasses.replace(policy, **changes) if changes else policy
+
+
+class _SyncJob:
+    """The stages of one SDK call (see engine.runtime.jobs): prepare in one thread, finish in another."""
+
+    def __init__(self, sync: LipSync, video, audio, output, *, config: SyncConfig, face, strict_faces: bool,
+                 crf: int, progress, length: str, deadline: float | None) -> None:
+        self.sync, self.video, self.audio, self.config = sync, video, audio, config
+        self.face, self.strict_faces, self.crf, self.progress = face, strict_faces, crf, progress
+        self.length, self.deadline = length, deadline
+        self.out_path = Path(output) if output is not None else None
+        self.timer = StageTimer(profile=sync.policy.profile)
+        self.key = object()  # the job's key in the engine core's queue
+        self.plan: AudioPlan | None = None
+        self._lease = None
+        self.t0 = time.perf_counter()
+
+    def prepare(self, cancelled):
+        sync, timer = self.sync, self.timer
+        log.info("settings: %s, length %s", self.config, self.length)
+        with timer.measure("load_audio"):
+            samples = sync._load_audio(self.audio)
+        frames, _, estimate, exact = sync._open_video_counted(self.video)
+        with timer.measure("audio_features"):
+            self.plan = sync.core.plan_audio(samples, length=self.length)
+        detector = None
+        if needs_detector(self.face):
+            self._lease = sync._detectors.lease(self.face)
+            detector = self._lease.detector
+        faces = make_landmark_source(self.face, sync.models.resolution, detector)
+        yield from sync.core.prepared_chunks(
+            frames, self.plan, faces, self.config, job=self.key, timer=timer, num_source_estimate=estimate,
+            exact_source_count=exact, strict_faces=self.strict_faces, deadline=self.deadline, cancelled=cancelled)
+
+    def finish(self, chunks, cancelled) -> SyncResult:
+        sync, timer, out_path = self.sync, self.timer, self.out_path
+        writer = None
+        collected: list[np.ndarray] = []
+        no_face: list[int] = []
+        sources: set[int] = set()
+        produced = 0
+        try:
+            for chunk in chunks:
+                for item in chunk.result(cancelled=cancelled):
+                    item: OutputFrame
+                    if not item.has_face:
+                        no_face.append(item.index)
+                    sources.add(item.source_index)
+                    if out_path is not None:
+                        if writer is None:
+                            writer = sync._open_writer(out_path, item.rgb, self.plan, self.crf)
+                        with timer.measure("encode"):
+                            writer.write(item.rgb)
+                    else:
+                        collected.append(item.rgb)
+                    produced += 1
+                    if self.progress is not None:
+                        self.progress(produced, self.plan.num_frames)
+            if produced and len(no_face) == produced:
+                raise NoFaceError(f"video: expected a face in at least one frame, found none in {produced} frames")
+            if self.strict_faces and no_face:
+                raise NoFaceError(f"video: expected a face in every frame, found none in frames {frame_ranges(no_face)}")
+            if writer is not None:
+                with timer.measure("encode"):
+                    writer.close()
+                writer = None
+        finally:
+            if writer is not None:
+                writer.abort()
+        plan = self.plan
+        return SyncResult(
+            model=getattr(sync.models, "name", "?"), resolution=sync.models.resolution,
+            device=str(sync.placement.device), dtype=sync.placement.dtype_name, config=self.config,
+            num_frames=produced, num_source_frames=len(sources), fps=FPS,
+            audio_samples=int(plan.trimmed_audio.size), no_face_ranges=frame_ranges(no_face),
+            timings=timer.as_dict(), wall_seconds=time.perf_counter() - self.t0,
+            output_path=str(out_path) if out_path is not None else None,
+            frames=np.stack(collected) if collected else None,
+            audio=plan.trimmed_audio if out_path is None else None, length=self.length,
+        )
+
+    def close(self) -> None:
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
