@@ -82,7 +82,7 @@ def test_csv_reports_every_kind_of_bad_line(cuts, tmp_path, no_work):
     assert "(lines 4, 5, 6, 7, 8, 9, 10, 11)" in message
     expected = {4: "steps: expected an integer, found 'abc'", 5: "strict_faces: expected true or false",
                 6: "found the output of line 2", 7: "expected a path that is not an input", 8: "crf: expected an int",
-                9: "expected 6 columns", 10: "video", 11: "a name ending in .mp4"}
+                9: "expected 6 columns", 10: "video", 11: "name ending in .mp4"}
     lines = {int(line.split(":")[0].split()[1]): line for line in message.splitlines()[1:]}
     for number, fragment in expected.items():
         assert fragment in lines[number], (number, lines[number])

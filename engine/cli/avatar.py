@@ -7,6 +7,8 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator
 
+from engine.cli.options import add_model_options, load_sync
+
 PREPARE_DESCRIPTION = """\
 Decode a face video, find and align the face in every frame, and VAE-encode the faces once, so that
 streaming sessions (`engine serve --avatar NAME=DIR`, `StreamSession(sync, Avatar(DIR))`) skip face
@@ -15,42 +17,6 @@ encoded (decoded frames equal the source's; --frames-crf trades that for size), 
 and the VAE posteriors; it is only valid
 for the model's resolution and VAE, and is written atomically (nothing appears on failure).
 """
-
-
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    """Model, placement and face options shared by `engine avatar` and `engine serve`."""
-    p.add_argument("--model", default="latentsync-1.6",
-                   help="latentsync-1.6 (512 px, default), latentsync-1.5 (256 px), a local directory, or tiny-random")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16")
-    p.add_argument("--face", default="auto",
-                   help="face source: auto | insightface | mediapipe | path to a face-track JSON")
-    p.add_argument("--offline", action="store_true", help="never contact the model hub (use cached weights)")
-
-
-def add_generation_options(p: argparse.ArgumentParser) -> None:
-    """The preset and its overrides (`engine serve`; the same flags as `engine run`)."""
-    p.add_argument("--preset", default="reference", choices=["reference", "fast"],
-                   help="reference = official settings (20 steps, guidance 1.5, DeepCache 3, seed 1247)")
-    p.add_argument("--steps", type=int, help="DDIM steps (overrides the preset)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale; <= 1 disables CFG")
-    p.add_argument("--deepcache", type=int, help="DeepCache interval; 0 disables it")
-    p.add_argument("--seed", type=int, help="random seed (default 1247, the official one)")
-
-
-def generation_settings(args: argparse.Namespace):
-    """The SyncConfig that `add_generation_options` flags ask for."""
-    from engine.pipeline.config import resolve_config
-
-    return resolve_config(args.preset, steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
-                          deepcache_interval=args.deepcache or None, deepcache_off=args.deepcache == 0)
-
-
-def load_sync(args: argparse.Namespace, **kw):
-    from engine.pipeline.sdk import LipSync
-
-    return LipSync.from_pretrained(args.model, device=args.device, dtype=args.dtype, face=args.face,
-                                   offline=args.offline, **kw)
 
 
 def register(subparsers) -> None:

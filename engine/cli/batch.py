@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from engine.cli.options import add_generation_options, add_model_options
 from engine.errors import InvalidInputError
 
 
@@ -21,19 +22,9 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("manifest", help="jobs, one per line: .jsonl / .ndjson (JSON objects) or .csv (with a header)")
     model = p.add_argument_group("model and placement (for the whole batch, as in engine run)")
-    model.add_argument("--model", default="latentsync-1.6",
-                       help="latentsync-1.6 (default), latentsync-1.5, a local model directory, or tiny-random")
-    model.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (on Ray: each worker's own GPU)")
-    model.add_argument("--dtype", default="auto", help="auto | fp32 | fp16 | bf16")
-    model.add_argument("--backend", default="auto", help="auto | torch | compile | onnxruntime | tensorrt | per network")
-    model.add_argument("--offline", action="store_true", help="never contact the model hub")
+    add_model_options(model, device_help="auto | cpu | cuda[:N] (on Ray: each worker's own GPU)")
     jobs = p.add_argument_group("job settings (defaults for lines that do not set them)")
-    jobs.add_argument("--preset", default="reference", choices=["reference", "fast"], help="default: reference")
-    jobs.add_argument("--steps", type=int, help="DDIM steps over the preset's")
-    jobs.add_argument("--guidance", type=float, help="guidance scale over the preset's (<= 1: no CFG)")
-    jobs.add_argument("--deepcache", type=int, help="DeepCache interval over the preset's (0: off)")
-    jobs.add_argument("--seed", type=int, help="seed over the preset's (1247)")
-    jobs.add_argument("--face", default="auto", help="auto | insightface | mediapipe | a face-track JSON")
+    add_generation_options(jobs)
     jobs.add_argument("--strict-faces", action="store_true", help="a frame without a face fails its job")
     jobs.add_argument("--crf", type=int, default=18, help="x264 quality of every output (default 18)")
     run = p.add_argument_group("running")
@@ -79,8 +70,7 @@ def _batch(args: argparse.Namespace) -> int:
                          num_cpus=args.num_cpus, jobs_per_worker=args.jobs_per_worker,
                          max_attempts=args.max_attempts)
     report_file = report_path(args)
-    model = ModelOptions(model=args.model, device=args.device, dtype=args.dtype, backend=args.backend,
-                         face=args.face, offline=args.offline)
+    model = ModelOptions.from_args(args)
     defaults = JobSettings(preset=args.preset, steps=args.steps, guidance=args.guidance, deepcache=args.deepcache,
                            seed=args.seed, face=args.face, strict_faces=args.strict_faces, crf=args.crf)
     report = run_batch(args.manifest, model=model, defaults=defaults, ray=ray, force=args.force,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.cli.avatar import add_generation_options, add_model_options, generation_settings, load_sync
+from engine.cli.options import add_generation_options, add_model_options, generation_settings, load_sync
 from engine.errors import InvalidInputError
 
 SIGNAL_EXIT_BASE = 128  # the shell's convention: 128 + signal number (143 SIGTERM, 130 SIGINT)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from engine.constants import FPS
 from engine.errors import EngineError, InvalidInputError
+from engine.media.paths import VIDEO_SUFFIXES
 from engine.pipeline.config import SyncConfig, resolve_config
 
 PATH_KEYS = ("video", "audio", "output")
@@ -28,7 +29,7 @@ INT_SETTINGS = ("steps", "deepcache", "seed", "crf")
 SETTING_KEYS = ("preset", "steps", "guidance", "deepcache", "seed", "face", "strict_faces", "crf")
 KEY_ALIASES = {"strict-faces": "strict_faces"}
 KNOWN_KEYS = ("id", *PATH_KEYS, *SETTING_KEYS)
-OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov")  # what the mp4 writer produces
+OUTPUT_SUFFIXES = VIDEO_SUFFIXES  # what the mp4 writer produces
 FACE_NAMES = ("auto", "insightface", "mediapipe")
 MAX_CRF = 51
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no", "")
@@ -216,41 +217,26 @@ def _resolve(path: str, base: Path) -> Path:
 
 # ---------------------------------------------------------------------------------------------- checks
 def check_job_paths(video: Path, audio: Path, output: Path, probes: dict) -> int | None:
-    """Cheap per-job checks before any model loads; returns the frame estimate (from the audio's duration).
+    """Every check a job's files allow before any model loads (as `engine run` makes them); returns the
+    frame estimate (from the audio's duration).
 
-    PREFLIGHT HOOK: the reliability work (engine/media) is adding one preflight for every front end
-    (output is not an input, output folder writable, stale partial files, corrupt media caught early).
-    When it lands, call it here instead of the output checks below; the probes stay.
+    `engine.media.preflight` demuxes the video's packets and decodes the whole audio track; its verdict per
+    (video, audio) pair is kept in `probes`, so a video dubbed into many languages is read once. The output
+    path is checked per job (not an input, writable folder, an mp4 name; stale partial files removed).
     """
-    from engine.media import probe
+    from engine.media import check_output, preflight
 
-    def probed(path: Path, **need):
-        key = (str(path), tuple(sorted(need)))
-        if key not in probes:
-            try:
-                probes[key] = probe(path, **need)
-            except EngineError as exc:
-                probes[key] = exc
-        if isinstance(probes[key], EngineError):
-            raise probes[key]
-        return probes[key]
-
-    probed(video, require_video=True)
-    info = probed(audio, require_audio=True)
-    if output.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise InvalidInputError(f"output {output}: expected a name ending in {' or '.join(OUTPUT_SUFFIXES)}, "
-                                f"found {output.suffix or 'no extension'!r}")
-    for label, source in (("video", video), ("audio", audio)):
-        if output.exists() and source.exists() and os.path.samefile(output, source):
-            raise InvalidInputError(f"output {output}: expected a path that is not an input, found the same file "
-                                    f"as {label}; refusing to overwrite it")
-    if output.is_dir():
-        raise InvalidInputError(f"output {output}: expected a file path, found a directory")
-    if not output.parent.is_dir():
-        raise InvalidInputError(f"output {output}: expected an existing folder, found no folder {output.parent}")
-    if not os.access(output.parent, os.W_OK | os.X_OK):
-        raise InvalidInputError(f"output {output}: expected a writable folder, found {output.parent} not writable")
-    duration = info.audio.duration_s if info.audio is not None else 0.0
+    key = (str(video), str(audio))
+    if key not in probes:
+        try:
+            checked = preflight(video, audio)
+            probes[key] = checked.audio.audio.duration_s if checked.audio.audio is not None else 0.0
+        except EngineError as exc:
+            probes[key] = exc
+    if isinstance(probes[key], EngineError):
+        raise probes[key]
+    check_output(output, inputs=(("video", video), ("audio", audio)), suffixes=OUTPUT_SUFFIXES)
+    duration = probes[key]
     return round(duration * FPS) + 2 if duration > 0 else None  # the official count is about 25/s + 2
 
 

@@ -82,12 +82,11 @@ def add_ray_options(p: argparse.ArgumentParser) -> None:
 
 
 def spec_from_args(args: argparse.Namespace) -> ServeSpec:
-    from engine.cli.avatar import generation_settings  # --preset/--steps/--guidance/--deepcache/--seed
+    from engine.cli.options import generation_settings  # --preset/--steps/--guidance/--deepcache/--seed
 
     absolute = lambda pairs: tuple((name, os.path.abspath(path)) for name, path in pairs)  # noqa: E731
     return ServeSpec(
-        model=ModelOptions(model=args.model, device=args.device, dtype=args.dtype, face=args.face,
-                           backend=getattr(args, "backend", "torch"), offline=args.offline),
+        model=ModelOptions.from_args(args),
         videos=absolute(args.video), avatars=absolute(args.avatar), sync=generation_settings(args),
         replicas=args.replicas, num_gpus=args.num_gpus, num_cpus=args.num_cpus, max_sessions=args.max_sessions,
         max_queued_seconds=args.max_queued_seconds, jpeg_quality=args.jpeg_quality)

@@ -67,9 +67,10 @@ class DetectorPool:
     is reused by the next job (models load once per concurrent job, not once per call).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, offline: bool = False) -> None:
         self._idle: dict[str, list] = {}
         self._lock = threading.Lock()
+        self.offline = offline  # a new detector fetches no model files (engine.weights.fetch.offline_mode)
 
     def lease(self, spec) -> "DetectorLease":
         key = str(spec)
@@ -78,8 +79,10 @@ class DetectorPool:
             detector = idle.pop() if idle else None
         if detector is None:
             from engine.face.detection import make_face_source
+            from engine.weights.fetch import offline_mode
 
-            detector = make_face_source(key)
+            with offline_mode(self.offline):
+                detector = make_face_source(key)
         return DetectorLease(self, key, detector)
 
     def _give_back(self, key: str, detector) -> None:

@@ -55,6 +55,8 @@ class SyncResult:
     frames: np.ndarray | None = field(default=None, repr=False)  # [L,H,W,3] when no output path was given
     audio: np.ndarray | None = field(default=None, repr=False)
     length: str = DEFAULT_LENGTH  # output length policy ("audio" or "official")
+    backends: dict[str, str] = field(default_factory=dict)  # network group -> backend that ran it
+    engine_settings: dict = field(default_factory=dict)  # device options and artifacts in effect (Runners.settings)
 
     @property
     def frames_per_second(self) -> float:
@@ -67,13 +69,17 @@ class SyncResult:
         return data
 
     def summary(self) -> str:
+        from engine.backends.select import describe_choice
+
         faceless = sum(b - a for a, b in self.no_face_ranges)
         return (
             f"{self.num_frames} frames ({self.num_frames / self.fps:.2f} s) in {self.wall_seconds:.1f} s "
             f"({self.frames_per_second:.2f} frames/s) | model {self.model} {self.resolution}px on {self.device} "
             f"{self.dtype} | {self.config.steps} steps, guidance {self.config.guidance_scale}, "
             f"deepcache {self.config.deepcache_interval}, seed {self.config.seed} | "
-            f"{faceless} frames without a face" + (f" | wrote {self.output_path}" if self.output_path else "")
+            f"{faceless} frames without a face"
+            + (f" | backends {describe_choice(self.backends)}" if self.backends else "")
+            + (f" | wrote {self.output_path}" if self.output_path else "")
         )
 
 
@@ -87,9 +93,9 @@ class LipSync:
     >>> result = sync("face.mp4", "speech.wav", output="out.mp4")
     """
 
-    def __init__(self, models, placement: Placement, *, face: str = "auto", backend: str = "torch",
-                 options=None, policy=None) -> None:
-        from engine.backends import BackendOptions, create_runners  # lazy: optional runtimes
+    def __init__(self, models, placement: Placement, *, face: str = "auto", backend: str = "auto",
+                 engine=None, policy=None, offline: bool = False) -> None:
+        from engine.backends import create_runners, resolve_engine_config  # lazy: optional runtimes
         from engine.pipeline.faces import DetectorPool
         from engine.runtime import EnginePolicy, JobRunner
 
@@ -98,11 +104,15 @@ class LipSync:
         self.face = face
         self.backend = backend
         self.policy = policy or EnginePolicy()
-        self._detectors = DetectorPool()  # each concurrent job leases its own detector
-        options = options if options is not None else BackendOptions()
-        runners = create_runners(models, backend, device=placement.device, options=options)
-        log.info("backends: %s", ", ".join(f"{k}={v}" for k, v in runners.choice.items()))
-        self.policy = _fit_policy(self.policy, runners.choice, options)
+        self.offline = offline
+        self._detectors = DetectorPool(offline=offline)  # each concurrent job leases its own detector
+        # one engine configuration (engine.backends.EngineConfig) for build, export, run, bench, serve and the SDK:
+        # its artifact folder and TensorRT profile default to what `engine export`/`engine build` registered
+        self.engine_config = resolve_engine_config(models.name, engine)
+        runners = create_runners(models, backend, device=placement.device, engine=self.engine_config)
+        log.log(logging.DEBUG if "auto" in backend else logging.INFO,  # `auto` logs its own choice once
+                "backends: %s", ", ".join(f"{k}={v}" for k, v in runners.choice.items()))
+        self.policy = _fit_policy(self.policy, runners.choice, self.engine_config)
         self.core = LipSyncCore(
             unet=models.unet, vae=models.vae, audio_encoder=models.audio_encoder, resolution=models.resolution,
             device=placement.device, dtype=placement.dtype, runners=runners, policy=self.policy,
@@ -117,26 +127,27 @@ class LipSync:
         device: str | None = None,
         dtype: str | None = None,
         face: str = "auto",
-        backend: str = "torch",
+        backend: str = "auto",
         offline: bool = False,
         resolution: int | None = None,
-        options=None,
+        engine=None,
         policy=None,
     ) -> "LipSync":
         """Load `model` (a registry name, a local directory, or 'tiny-random') onto a device.
 
         `resolution` overrides the model's face resolution (256 or 512); the
-        registry models carry their own (1.5: 256, 1.6: 512). `options` (engine.backends.BackendOptions)
-        configure the backend; `policy` (engine.runtime.EnginePolicy) the engine core's batching.
+        registry models carry their own (1.5: 256, 1.6: 512). `backend` is what `engine run --backend` takes
+        (auto: eager torch unless built artifacts are registered or named); `engine`
+        (engine.backends.EngineConfig) holds the backend options; `policy` (engine.runtime.EnginePolicy) the
+        engine core's batching. `offline=True` never touches the network (weights, face models).
         """
         from engine.weights import load_models
 
         placement = choose_placement(device, dtype)
         models = load_models(model, device=placement.device, dtype=placement.dtype, offline=offline,
                              resolution=resolution)
-        if getattr(models, "is_random", False):
-            log.warning("model %s has RANDOM weights: the mouth it generates is meaningless", model)
-        return cls(models, placement, face=face, backend=backend, options=options, policy=policy)
+        return cls(models, placement, face=face, backend=backend, engine=engine, policy=policy,
+                   offline=offline)  # load_models warned about random weights
 
     # ------------------------------------------------------------------
     def __call__(
@@ -197,6 +208,7 @@ class LipSync:
         """
         config = config if config is not None else resolve_config("reference")
         expect(length in LENGTH_POLICIES, InvalidInputError, "length", f"one of {LENGTH_POLICIES}", repr(length))
+        audio, output = checked_inputs(video, audio, output)  # typed errors now, before any work is queued
         stages = _SyncJob(self, video, audio, output, config=config, face=face if face is not None else self.face,
                           strict_faces=strict_faces, crf=crf, progress=progress, length=length, deadline=deadline)
         return self._jobs.submit(stages, key=stages.key, deadline=deadline)
@@ -267,6 +279,23 @@ class LipSync:
         return VideoWriter(path, w, h, fps=FPS, crf=crf, audio=plan.trimmed_audio, sample_rate=SAMPLE_RATE)
 
 
+def checked_inputs(video, audio, output):
+    """(audio, output) after every check the files allow before any work (engine.media.preflight).
+
+    Paths: the output path (not an input, writable folder, an mp4 name), the video's packets and the whole
+    audio track decoded and validated; the decoded samples replace the audio path so it is read once.
+    Arrays: only the output path is checked.
+    """
+    from engine.media import check_output, preflight
+
+    if isinstance(video, (str, Path)) and isinstance(audio, (str, Path)):
+        checked = preflight(video, audio, output)
+        return checked.samples, checked.output
+    if output is not None:
+        output = check_output(output, inputs=(("video", video), ("audio", audio)))
+    return audio, output
+
+
 def write_report(result: SyncResult, path: str | Path) -> None:
     Path(path).write_text(json.dumps(result.to_json(), indent=2))
 
@@ -295,6 +324,7 @@ class _SyncJob:
         self.timer = StageTimer(profile=sync.policy.profile)
         self.key = object()  # the job's key in the engine core's queue
         self.plan: AudioPlan | None = None
+        self.faces = None
         self._lease = None
         self.t0 = time.perf_counter()
 
@@ -311,6 +341,7 @@ class _SyncJob:
             self._lease = sync._detectors.lease(self.face)
             detector = self._lease.detector
         faces = make_landmark_source(self.face, sync.models.resolution, detector)
+        self.faces = faces
         yield from sync.core.prepared_chunks(
             frames, self.plan, faces, self.config, job=self.key, timer=timer, num_source_estimate=estimate,
             exact_source_count=exact, strict_faces=self.strict_faces, deadline=self.deadline, cancelled=cancelled)
@@ -339,10 +370,11 @@ class _SyncJob:
                     produced += 1
                     if self.progress is not None:
                         self.progress(produced, self.plan.num_frames)
+            why = self._why_no_face() if no_face else ""
             if produced and len(no_face) == produced:
-                raise NoFaceError(f"video: expected a face in at least one frame, found none in {produced} frames")
+                raise NoFaceError(f"video: expected a face in at least one frame, found none in {produced} frames{why}")
             if self.strict_faces and no_face:
-                raise NoFaceError(f"video: expected a face in every frame, found none in frames {frame_ranges(no_face)}")
+                raise NoFaceError(f"video: expected a face in every frame, found none in frames {frame_ranges(no_face)}{why}")
             if writer is not None:
                 with timer.measure("encode"):
                     writer.close()
@@ -360,7 +392,14 @@ class _SyncJob:
             output_path=str(out_path) if out_path is not None else None,
             frames=np.stack(collected) if collected else None,
             audio=plan.trimmed_audio if out_path is None else None, length=self.length,
+            backends=dict(sync.core.runners.choice), engine_settings=dict(sync.core.runners.settings),
         )
+
+    def _why_no_face(self) -> str:
+        """' (the detector's reasons)' when the face source knows them (too small, low score, out of frame)."""
+        tracker = getattr(getattr(self, "faces", None), "tracker", None)
+        why = tracker.why_no_face() if tracker is not None and hasattr(tracker, "why_no_face") else ""
+        return f" ({why})" if why else ""
 
     def close(self) -> None:
         if self._lease is not None:
