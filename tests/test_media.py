@@ -338,3 +338,23 @@ def test_cut_clip_from_the_middle(tmp_path):
     assert [read_index(f.rgb) for f in iter_video_frames(tmp_path / "mid.mp4")] == list(range(15, 25))
     late = list(iter_video_frames(src, start_s=1.5))  # first index: ceil(1.5 * 25) = 38
     assert [f.index for f in late] == list(range(38, 50)) and read_index(late[0].rgb) == 38
+
+
+def test_same_frames_encode_to_the_same_bytes(tmp_path):
+    """x264's threaded lookahead made two encodes of one clip differ (writer.X264_DETERMINISTIC)."""
+    import hashlib
+
+    from engine.media import VideoWriter
+
+    x = np.linspace(0, 255, 352)[None, :, None]
+    y = np.linspace(0, 255, 240)[:, None, None]
+    frames = [np.broadcast_to(((x + 0.5 * y + 3 * i + np.arange(3) * 40) % 256).astype(np.uint8), (240, 352, 3))
+              for i in range(20)]
+    digests = set()
+    for k in range(3):
+        path = tmp_path / f"clip{k}.mp4"
+        with VideoWriter(path, 352, 240, fps=25, crf=18) as writer:
+            for frame in frames:
+                writer.write(np.ascontiguousarray(frame))
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(digests) == 1

@@ -26,6 +26,7 @@ import numpy as np
 
 from engine.constants import FPS
 from engine.errors import InvalidInputError, MediaDecodeError, expect
+from engine.media.writer import X264_DETERMINISTIC  # the same encode twice gives the same bytes
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def x264_options(crf: int | None) -> dict[str, str]:
         return dict(LOSSLESS_OPTIONS)
     expect(isinstance(crf, int) and 0 <= crf <= MAX_CRF, InvalidInputError, "avatar frames crf",
            f"None (lossless) or an int in 0..{MAX_CRF}", crf)
-    return {"crf": str(crf), "preset": "veryfast", "x264-params": f"{KEYFRAMES}:bframes=0"}
+    return {"crf": str(crf), "preset": "veryfast", "x264-params": f"{KEYFRAMES}:bframes=0:{X264_DETERMINISTIC}"}
 
 
 def describe_coding(crf: int | None) -> str:
