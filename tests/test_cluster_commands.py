@@ -71,7 +71,8 @@ def _run_printed(command: str, port: int) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             out, _ = proc.communicate()
-    assert proc.returncode == 0, out[-4000:]
+    # engine serve exits as the shell's convention has it after Ctrl-C (130); Ray's `serve run` exits 0
+    assert proc.returncode == (130 if argv[0] == sys.executable and argv[2] == "engine" else 0), out[-4000:]
 
 
 @pytest.mark.slow

@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 
 from engine.cli.options import add_generation_options, add_model_options, generation_settings, load_sync
+from engine.cli.signals import SIGNAL_EXIT_BASE  # the shell's convention: 128 + signal number
 from engine.errors import InvalidInputError
-
-SIGNAL_EXIT_BASE = 128  # the shell's convention: 128 + signal number (143 SIGTERM, 130 SIGINT)
 
 
 def _named(value: str) -> tuple[str, str]:

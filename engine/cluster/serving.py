@@ -27,6 +27,7 @@ import signal
 import threading
 from dataclasses import dataclass, field
 
+from engine.cli.signals import SIGNAL_EXIT_BASE
 from engine.cluster.options import ModelOptions
 from engine.errors import InvalidInputError, expect
 from engine.pipeline.config import SyncConfig, resolve_config
@@ -108,8 +109,14 @@ def serve_on_ray(args: argparse.Namespace) -> int:
     expect(args.port != 0, InvalidInputError, "--port with --ray", "a fixed port (Serve's proxy listens on it)", 0)
     spec = spec_from_args(args)
     stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum, _frame) -> None:
+        received.append(signum)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     with connected(address, what="engine serve --ray"):
         from ray import serve
 
@@ -125,4 +132,4 @@ def serve_on_ray(args: argparse.Namespace) -> int:
             serve.delete(APP_NAME)
             if address == "local":
                 serve.shutdown()
-    return 0
+    return SIGNAL_EXIT_BASE + received[0] if received else 0  # 143 after SIGTERM, 130 after Ctrl-C, as engine serve
