@@ -17,7 +17,7 @@ FAST = {"steps": 1, "guidance": 1.0, "deepcache": 0, "seed": 7}  # the cheapest 
 # frames within one process (seen with the writer's LANCZOS yuv420p conversion at 360 px wide), which would
 # make equal frames decode differently; lossless x264 (crf 0) decodes to exactly the frames it was given.
 LOSSLESS = 0
-CUT_SECONDS = 0.32  # 8 source frames; 0.32 s of speech -> 10 output frames (one chunk)
+CUT_SECONDS = 0.32  # 8 source frames; 0.32 s of speech -> 8 output frames (10 with the official length), one chunk
 CUT_SIZE = (360, 640)  # small enough to be cheap, large enough for the offline face detector
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

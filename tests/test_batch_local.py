@@ -45,7 +45,7 @@ def test_local_batch_equals_engine_run_skips_when_done_and_fails_only_the_bad_jo
     assert "2 done, 0 skipped, 1 failed of 3 jobs" in out and "line 2 (line 2)" in out and "NoFaceError" in out
 
     report = json.loads((tmp_path / "jobs.jsonl.report.json").read_text())
-    assert report["counts"] == {"done": 2, "skipped": 0, "failed": 1} and report["frames"] == 20
+    assert report["counts"] == {"done": 2, "skipped": 0, "failed": 1} and report["frames"] == 2 * 8  # 0.32 s each
     failed = report["jobs"][1]
     assert (failed["status"], failed["error"], failed["exit_code"]) == ("failed", "NoFaceError", 4)
     assert "expected a face" in failed["reason"]

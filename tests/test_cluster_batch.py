@@ -89,7 +89,7 @@ def test_four_jobs_on_two_actors_equal_engine_run_and_a_rerun_skips_all(cluster,
     report = _batch(manifest, model)
     assert report.counts() == {"done": 4, "skipped": 0, "failed": 0}, report.summary()
     assert report.workers == 2 and {o.worker for o in report.outcomes} == {"worker-0", "worker-1"}
-    assert report.startup_seconds > 0 and report.frames == 40
+    assert report.startup_seconds > 0 and report.frames == 4 * 8
     for line, outcome in enumerate(report.outcomes, start=1):
         assert outcome.attempts == 1 and outcome.frames == 10
         _assert_equal_to_reference(outcome.output, references[line])
