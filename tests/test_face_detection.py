@@ -260,13 +260,13 @@ def test_model_cache_checks_hashes(tmp_path, monkeypatch):
     pack = _zip_with(tmp_path, {"inner/model.bin": payload, "inner/other.bin": b"tampered"})
     archive = models.Archive(urls=(pack.as_uri(),), sha256=None, members={"inner/model.bin": good}, license="test")
     path = models.ensure(good, archive)
-    assert path == tmp_path / "cache" / "pack" / "model.bin" and path.read_bytes() == payload
+    assert path == tmp_path / "cache" / "models" / "pack" / "model.bin" and path.read_bytes() == payload
     assert models.ensure(good, archive, offline=True) == path  # cached: no fetch needed
     # a member whose bytes do not match the pinned hash is refused and never written
     archive = models.Archive(urls=(pack.as_uri(),), sha256=None, members={"inner/other.bin": bad}, license="test")
     with pytest.raises(CheckpointError, match="expected sha256 0000"):
         models.ensure(bad, archive)
-    assert not (tmp_path / "cache" / "pack" / "other.bin").exists()
+    assert not (tmp_path / "cache" / "models" / "pack" / "other.bin").exists()
     # a corrupted cache file is refused, not trusted
     path.write_bytes(b"corrupt")
     with pytest.raises(CheckpointError, match="expected sha256"):
@@ -522,8 +522,8 @@ def test_auto_prefers_cached_insightface_models(insightface_models, tmp_path, mo
     for attr, path in (("INSIGHTFACE_DETECTOR", det), ("INSIGHTFACE_LANDMARK", lmk)):
         pinned = models.ModelFile(getattr(models, attr).name, models.sha256_of(path))
         monkeypatch.setattr(models, attr, pinned)
-        (cache / pinned.name).parent.mkdir(parents=True, exist_ok=True)
-        (cache / pinned.name).write_bytes(path.read_bytes())
+        (models.cache_dir() / pinned.name).parent.mkdir(parents=True, exist_ok=True)
+        (models.cache_dir() / pinned.name).write_bytes(path.read_bytes())
     source = make_face_source("auto", providers=["CPUExecutionProvider"])
     assert isinstance(source, InsightFaceSource)
     assert source.detect(0, _probe_frame(blue=255)) is not None
@@ -623,11 +623,13 @@ def private_face_cache(mediapipe_source, tmp_path, monkeypatch):
     """A face-model cache of this test's own holding the mediapipe files (so no record of another test leaks in)."""
     import shutil
 
-    cache = tmp_path / "face-cache"
+    root = tmp_path / "engine-cache"
+    cache = root / "models"  # models.cache_dir() under that root
     for model in models.MEDIAPIPE_WHEEL.members.values():
         (cache / model.name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(models.cache_dir() / model.name, cache / model.name)
-    monkeypatch.setenv(models.CACHE_ENV, str(cache))
+    monkeypatch.setenv(models.CACHE_ENV, str(root))
+    assert models.cache_dir() == cache
     return cache
 
 
@@ -672,7 +674,7 @@ def test_tests_use_a_private_cache(engine_cache):
     from engine.weights import engine_cache_dir
 
     home = Path.home() / ".cache" / "latentsync-engine"
-    assert engine_cache_dir() == engine_cache and models.cache_dir() == engine_cache
+    assert engine_cache_dir() == engine_cache and models.cache_dir() == engine_cache / "models"
     assert home not in engine_cache.parents and engine_cache != home
 
 

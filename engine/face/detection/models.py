@@ -16,12 +16,12 @@ from pathlib import Path
 
 from engine.errors import CheckpointError, DownloadError
 from engine.weights.fetch import DOWNLOAD_TIMEOUT_S, is_offline, open_url, require_online, sha256_file, verify_sha256
+from engine.weights.files import ENGINE_CACHE_ENV as CACHE_ENV, engine_cache_dir
 
 sha256_of = sha256_file  # the name this module used to define; one implementation (engine.weights.fetch)
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "LATENTSYNC_ENGINE_CACHE"
 PIP_TIMEOUT_S = 600
 RANGE_BLOCK = 1 << 18  # bytes per HTTP range request when reading single members of a remote wheel
 
@@ -83,9 +83,9 @@ INSIGHTFACE_PACK = Archive(
 
 
 def cache_dir() -> Path:
-    """Model cache: $LATENTSYNC_ENGINE_CACHE or ~/.cache/latentsync-engine/models."""
-    root = os.environ.get(CACHE_ENV)
-    return Path(root) if root else Path.home() / ".cache" / "latentsync-engine" / "models"
+    """Face-model cache: `models/` under the engine cache ($LATENTSYNC_ENGINE_CACHE or ~/.cache/latentsync-engine),
+    beside the tiny-random weights and the engine records, wherever the cache root is."""
+    return engine_cache_dir() / "models"
 
 
 def verified(path: Path, model: ModelFile) -> Path:
