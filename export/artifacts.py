@@ -11,22 +11,14 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from engine.weights.fetch import sha256_file  # the one file-hash implementation
 from export.locking import atomic_write_text, file_lock
 
-HASH_CHUNK = 8 << 20  # bytes read per hashing step
 ONNX_DATA_SUFFIX = ".data"  # external tensor data: <name>.onnx.data
 MANIFEST_SUFFIX = ".json"
 DIGEST_CACHE_FILE = "file-digests.json"  # in the engine cache: {abs path: [size, mtime_ns, sha256]}
 
 _digest_memo: dict[str, tuple[int, int, str]] = {}  # the same cache, in this process
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def file_stats(path: Path) -> list[int]:

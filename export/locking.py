@@ -16,6 +16,8 @@ from engine.errors import EngineError
 
 log = logging.getLogger(__name__)
 LOCK_POLL_S = 0.2  # how often a waiting process retries a held lock
+_UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it) and restored at once
+os.umask(_UMASK)
 
 
 def lock_path(target: Path) -> Path:
@@ -89,6 +91,7 @@ def atomic_write(target: Path, write: Callable[[Path], None]) -> Path:
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the result gets a normal file's mode
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

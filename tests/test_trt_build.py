@@ -207,6 +207,22 @@ def test_atomic_write_and_lock(tmp_path):
         p.join(10)
         assert q.get(timeout=5) == "EngineError"  # held by us: the other process times out
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]  # the lock's file went with the lock
+
+
+def test_atomic_writes_get_a_normal_files_mode(tmp_path):
+    """mkstemp's 0600 must not leak into artifacts, manifests and caches another user (or a container) reads."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        from export import locking
+
+        mask = locking._UMASK
+        target = atomic_write_bytes(tmp_path / "engine.onnx.json", b"{}")
+    finally:
+        os.umask(old)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_build_cli_without_tensorrt_raises_before_loading(capsys):
