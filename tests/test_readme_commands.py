@@ -190,6 +190,21 @@ def test_the_readme_prints_commands_and_every_one_is_of_a_known_kind():
                          f"(not checked) or give it a check: {unknown}")
 
 
+def test_the_quick_start_is_two_commands_the_main_job_and_the_tests():
+    """The developers' guide: two commands on a fresh machine, one sets up and runs the main job, one sets up and
+    runs the tests (exactly CI's test command)."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Quick start"):]
+    section = section[:section.index("\n## ", 1)]
+    block = re.search(r"^```bash\n(.*?)^```", section, re.M | re.S).group(1)
+    lines = [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert len(lines) == 2, lines
+    main_job, tests = (_split_commands(line) for line in lines)
+    assert kind_of(tuple(main_job[0])) == "venv" and kind_of(tuple(tests[0])) == "venv"  # each from nothing
+    assert engine_args(tuple(main_job[-1]))[0] == "run"
+    assert kind_of(tuple(tests[-1])) == "pytest"
+
+
 # ----------------------------------------------------------------------------------------------- parse checks
 def _subparsers(parser):
     import argparse
