@@ -1,5 +1,6 @@
-"""Streaming benchmark: first-frame latency, per-chunk compute and the latency floor, live feature drift, soak RSS,
-and prepared-avatar storage (bytes per minute, read speed) against the old raw format.
+"""Streaming benchmark: first-frame latency, per-chunk compute and the latency floor, N live sessions at once on one
+engine core (first-frame latency, steady-state frame interval), live feature drift, soak RSS, and prepared-avatar
+storage (bytes per minute, read speed) against the old raw format.
 
 Speech is pushed in real time (40 ms pieces on the wall clock) into live sessions for
 chunk sizes 8/12/16 and lookahead 0/120/240 ms, over the demo clip's frames and over a
@@ -9,6 +10,7 @@ prepared avatar. CPU with tiny-random: the compute numbers only show the structu
     python benchmarks/streaming.py --seconds 1.2 --drift-seconds 6 --soak-minutes 3
     python benchmarks/streaming.py --first-chunk-only --guidance 1.0   # short grid on a slow CPU
     python benchmarks/streaming.py --parts avatar --avatar-frames 100   # avatar size per minute (1080p demos)
+    python benchmarks/streaming.py --parts sessions --guidance 1.0 --out benchmarks/results/streaming_sessions.json
 """
 
 from __future__ import annotations
@@ -82,6 +84,70 @@ def live_latency(sync, source, landmarks, speech: np.ndarray, *, chunk: int, loo
         "realtime_factor": round(stats["chunk_compute_s_mean"] / chunk_s, 3) if stats["chunk_compute_s_mean"] else None,
         "stage_seconds": stats["stage_seconds"],
     }
+
+
+def concurrent_sessions(sync, source, landmarks, speech: np.ndarray, *, sessions: int, chunk: int,
+                        lookahead_ms: float, settings, realtime: bool = False) -> dict:
+    """`sessions` live sessions on the one engine core, each fed `speech` in real time from its own thread, all
+    starting together. Per session: first-frame latency (first push to first speech frame) and the steady-state
+    frame interval (mean time per speech frame from the second chunk on; 40 ms keeps up with real time)."""
+    import threading
+
+    from engine.pipeline.faces import LandmarkArraySource
+    from engine.stream import StreamConfig, StreamSession
+
+    config = StreamConfig(mode="live", chunk_frames=chunk, lookahead_ms=lookahead_ms, realtime=realtime,
+                          sync=settings, max_queued_seconds=600)
+    walls: list[list[tuple[float, bool]]] = [[] for _ in range(sessions)]  # (wall time, dropped) of speech frames
+
+    def on_frame(k):
+        return lambda f: walls[k].append((f.wall_time, f.dropped)) if f.kind == "speech" else None
+
+    opened = [StreamSession(sync, source, config, on_frame=on_frame(k), face=LandmarkArraySource(landmarks))
+              for k in range(sessions)]
+    piece = int(PIECE_S * 16000)
+    before = sync.core.engine.stats()
+    t0 = time.time() + 0.1
+
+    def feed(session) -> None:
+        for k, start in enumerate(range(0, speech.size, piece)):
+            time.sleep(max(0.0, t0 + k * PIECE_S - time.time()))
+            session.push_audio(speech[start:start + piece])
+        session.end_of_speech()
+        session.close(drain=True, timeout=3600)
+
+    threads = [threading.Thread(target=feed, args=(s,)) for s in opened]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = sync.core.engine.stats()
+    rows = []
+    for session, got in zip(opened, walls):
+        times = [w for w, _ in got]
+        steady = times[chunk:]
+        stats = session.stats
+        rows.append({
+            "frames": len(times), "first_frame_latency_s": round(times[0] - t0, 4) if times else None,
+            "steady_frame_interval_ms": round(1000 * (steady[-1] - steady[0]) / (len(steady) - 1), 2)
+            if len(steady) > 1 else None,
+            "last_frame_after_speech_s": round(times[-1] - (t0 + speech.size / 16000), 4) if times else None,
+            "dropped_chunks": stats["dropped_chunks"], "late_chunks": stats["late_chunks"],
+            "batched_chunks": stats["batched_chunks"], "chunks": stats["chunks"],
+        })
+    sizes = {k: v - before["batch_sizes"].get(k, 0) for k, v in after["batch_sizes"].items()}
+
+    def mean(key):
+        values = [r[key] for r in rows if r[key] is not None]
+        return round(float(np.mean(values)), 4) if values else None
+
+    return {"sessions": sessions, "chunk_frames": chunk, "lookahead_ms": lookahead_ms, "realtime": realtime,
+            "speech_s": round(speech.size / 16000, 2), "latency_floor_s": config.latency_floor_s,
+            "first_frame_latency_s_mean": mean("first_frame_latency_s"),
+            "first_frame_latency_s_max": max((r["first_frame_latency_s"] for r in rows), default=None),
+            "steady_frame_interval_ms_mean": mean("steady_frame_interval_ms"),
+            "batch_sizes": {k: v for k, v in sorted(sizes.items()) if v}, "per_session": rows,
+            "loadavg_1min": round(os.getloadavg()[0], 2)}
 
 
 def drift_table(encoder, seconds: float, chunks: list[int], lookaheads: list[float]) -> list[dict]:
@@ -247,8 +313,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--avatar-face", default="mediapipe", help="face source for the avatar part")
     p.add_argument("--avatar-crfs", type=int, nargs="*", default=[12],
                    help="also measure avatars stored at these x264 crf values (lossless is always measured)")
-    p.add_argument("--parts", nargs="+", choices=["latency", "drift", "soak", "avatar"],
-                   default=["latency", "drift", "soak", "avatar"])
+    p.add_argument("--session-counts", type=int, nargs="+", default=[1, 4],
+                   help="sessions part: how many live sessions run at once on the one engine core")
+    p.add_argument("--session-chunk", type=int, default=8, help="sessions part: live chunk frames")
+    p.add_argument("--session-seconds", type=float, default=3.0, help="sessions part: speech per session")
+    p.add_argument("--session-lookahead", type=float, default=240.0, help="sessions part: lookahead (ms)")
+    p.add_argument("--parts", nargs="+", choices=["latency", "sessions", "drift", "soak", "avatar"],
+                   default=["latency", "sessions", "drift", "soak", "avatar"])
     p.add_argument("--out", default=str(RESULTS / "streaming.json"))
     args = p.parse_args(argv)
 
@@ -261,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"model": args.model, "device": args.device, "torch": torch.__version__, "av": av.__version__,
               "python": platform.python_version(), "processor": platform.processor(), "host": platform.node(),
               "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "settings": str(settings),
-              "speech_seconds": args.seconds, "first_chunk_only": args.first_chunk_only, "latency": [], "drift": [],
+              "speech_seconds": args.seconds, "first_chunk_only": args.first_chunk_only, "latency": [], "sessions": [],
+              "drift": [],
               "soak": None, "avatar": [],
               "command": " ".join(["python", "benchmarks/streaming.py", *(argv if argv is not None else sys.argv[1:])])}
     with tempfile.TemporaryDirectory() as tmp:
@@ -283,6 +355,16 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"chunk {chunk} lookahead {ms:g} avatar {use_avatar}: first frame "
                           f"{row['first_frame_latency_s']} s (floor {row['latency_floor_s']}), chunk compute "
                           f"{row['chunk_compute_s_mean']} s", flush=True)
+    if "sessions" in args.parts:
+        session_speech = np.tile(speech, int(np.ceil(args.session_seconds * 16000 / speech.size)))
+        session_speech = session_speech[: int(args.session_seconds * 16000)]
+        for n in args.session_counts:
+            row = concurrent_sessions(sync, frames, landmarks, session_speech, sessions=n, chunk=args.session_chunk,
+                                      lookahead_ms=args.session_lookahead, settings=settings)
+            result["sessions"].append(row)
+            print(f"{n} live sessions: first frame {row['first_frame_latency_s_mean']} s (max "
+                  f"{row['first_frame_latency_s_max']}, floor {row['latency_floor_s']:.2f}), steady frame interval "
+                  f"{row['steady_frame_interval_ms_mean']} ms, batches {row['batch_sizes']}", flush=True)
     if "drift" in args.parts:
         result["drift"] = drift_table(sync.core.audio_encoder, args.drift_seconds, args.drift_chunks,
                                       args.drift_lookaheads)

@@ -19,7 +19,7 @@ import pytest
 
 from stream_helpers import demo1_inputs, fast_settings, micro_sync, write_format1_avatar
 
-SPEECH_SAMPLES = 9_600  # 0.6 s -> 30 feature rows -> 17 frames
+SPEECH_SAMPLES = 9_600  # 0.6 s -> 30 feature rows -> 15 frames (length "audio"; 17 official)
 
 
 def _stream_threads() -> list[threading.Thread]:
@@ -127,6 +127,7 @@ def test_liveness_at_once_readiness_after_load_and_warm_up(running):
 
 def test_speech_in_frames_out_in_order(running, speech):
     from engine.audio import official_frame_count
+    from engine.pipeline.config import output_frame_count
     from engine.stream.server import decode_frame
 
     running.wait_ready()
@@ -147,7 +148,7 @@ def test_speech_in_frames_out_in_order(running, speech):
 
     started, frames, closed, code = asyncio.run(client())
     assert started["latency_floor_s"] == pytest.approx((8 + 3) / 25)
-    expected = official_frame_count(SPEECH_SAMPLES // 160 // 2)
+    expected = output_frame_count(official_frame_count(SPEECH_SAMPLES // 160 // 2), SPEECH_SAMPLES)  # 15
     assert [h["index"] for h, _ in frames] == list(range(expected))
     assert all(h["kind"] == "speech" and h["utterance"] == 0 for h, _ in frames)
     assert [h["audio_time_s"] for h, _ in frames] == [k / 25 for k in range(expected)]
@@ -356,7 +357,7 @@ def test_sigterm_closes_sessions_and_exits_143(face_clip):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine", "serve", "--model", "tiny-random", "--device", "cpu", "--face", str(track),
-         "--video", f"demo1={video}", "--port", "0", "--steps", "1", "--guidance", "1.0", "--seed", "7"],
+         "--video", f"demo1={video}", "--port", "0", "--backend", "torch", "--steps", "1", "--guidance", "1.0", "--seed", "7"],
         cwd=repo, env={**os.environ, "PYTHONPATH": repo}, stderr=subprocess.PIPE, text=True)
     try:
         lines: list[str] = []

@@ -1,7 +1,8 @@
 """`engine serve`: a WebSocket lip-sync server over prepared avatars and videos (see engine.stream.server).
 
-/live answers as soon as the process listens; /ready once the model is loaded and warmed up (503 with
-the reason before: what is loading, or why it failed). SIGTERM or Ctrl-C stops it gracefully: open
+/live answers as soon as the process listens; /ready once the model is loaded and warmed up on every chunk
+shape a session can ask for (503 with the reason before: what is loading, or why it failed). All sessions
+share one engine core, which batches their chunks. SIGTERM or Ctrl-C stops it gracefully: open
 sessions are cancelled and their connections closed (1001), then it exits 143 (SIGTERM) or 130 (SIGINT).
 """
 
@@ -41,6 +42,8 @@ def register(subparsers) -> None:
                    help="speech a session may queue before pushes are refused (QueueFullError)")
     p.add_argument("--jpeg-quality", type=int, default=90,
                    help="JPEG quality of the frames sent to clients, 1..100 (default 90)")
+    p.add_argument("--frame-format", choices=["jpeg", "png"], default="jpeg",
+                   help="how frames are sent: jpeg (default) or png (lossless: exactly the frames made; larger)")
     from engine.cluster.serving import add_ray_options  # --ray, --replicas, --num-gpus, --num-cpus
 
     add_ray_options(p)
@@ -71,7 +74,8 @@ def _serve(args: argparse.Namespace) -> int:
     settings = generation_settings(args)
     config = ServerConfig(host=args.host, port=args.port, max_sessions=args.max_sessions,
                           max_pending=args.max_pending, start_timeout_s=args.start_timeout,
-                          jpeg_quality=args.jpeg_quality, max_queued_seconds=args.max_queued_seconds)
+                          jpeg_quality=args.jpeg_quality, frame_format=args.frame_format,
+                          max_queued_seconds=args.max_queued_seconds)
 
     def load():
         server.set_status(f"loading model {args.model}")

@@ -51,8 +51,9 @@ def warm_up(core, configs: Iterable[SyncConfig] | None = None, *, batch_sizes: I
         features = core.audio_encoder(mel)[0]  # [1500,5,C]
     shapes = []
     for config in configs:
-        # Two steps are enough for DeepCache's full and shallow passes; the timesteps do not change shapes.
-        short = dataclasses.replace(config, steps=2 if config.effective_deepcache else 1)
+        # Two steps are enough for DeepCache's full and shallow passes (one when the run itself takes one step: it
+        # never makes a shallow pass); the timesteps do not change shapes.
+        short = dataclasses.replace(config, steps=min(config.steps, 2) if config.effective_deepcache else 1)
         plan = [(config.chunk_frames, n) for n in sizes] + [(f, 1) for f in sorted(set(tails))]
         for frames, n in plan:
             works = [_synthetic_work(core, features, short, frames, seed=WARMUP_SEED + i) for i in range(n)]

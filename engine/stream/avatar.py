@@ -222,16 +222,15 @@ class _AvatarWriter:
 
     def _flush(self) -> None:
         from engine.face.mask import prepare_masks_and_masked_images
-        from engine.models.vae import vae_posterior
 
         core, hl = self.core, self.core.latent_size
         with_face = [i for i in self.pending if i.has_face]
         stacked = None
         if with_face:
             pixel, masked, _ = prepare_masks_and_masked_images(np.stack([i.face for i in with_face]))
-            with torch.inference_mode():
-                mm, ms = vae_posterior(core.vae, masked.to(core.device, core.dtype))
-                rm, rs = vae_posterior(core.vae, pixel.to(core.device, core.dtype))
+            with torch.inference_mode():  # the VAE runs on the engine core's device thread, like every network
+                mm, ms = core.vae_posterior(masked.to(core.device, core.dtype))
+                rm, rs = core.vae_posterior(pixel.to(core.device, core.dtype))
             stacked = torch.stack([mm, ms, rm, rs], dim=1)  # [b,4,4,h,w] in the VAE dtype
             self.faces += len(with_face)
         if self.dtype is None:  # fixed by the first batch; float32 holds any VAE dtype exactly

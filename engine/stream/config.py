@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from engine.constants import FPS
 from engine.errors import InvalidInputError, expect
-from engine.pipeline.config import SyncConfig, resolve_config
+from engine.pipeline.config import DEFAULT_LENGTH, LENGTH_POLICIES, SyncConfig, resolve_config
 
 MODES = ("utterance", "live")
 IDLE_POLICIES = ("passthrough", "silence")
@@ -26,6 +26,9 @@ class StreamConfig:
     max_queued_seconds: float = 120.0  # speech accepted but not yet turned into frames
     max_output_frames: int = 250  # frames made but not yet taken by the consumer (10 s)
     whole_frame_chunks: bool = False  # refuse pushes that are not a multiple of 640 samples (strict R25)
+    # frames per utterance, as `engine run`: "audio" (as long as its speech, within one frame, so the timeline
+    # stays with the pushed audio) or "official" (N//2 + 2: two frames past the speech, per utterance)
+    length: str = DEFAULT_LENGTH
     sync: SyncConfig = field(default_factory=lambda: resolve_config("reference"))
 
     def __post_init__(self) -> None:
@@ -36,6 +39,8 @@ class StreamConfig:
                f"0..{MAX_LOOKAHEAD_MS:g}", self.lookahead_ms)
         expect(self.idle in IDLE_POLICIES, InvalidInputError, "stream idle", f"one of {IDLE_POLICIES}",
                repr(self.idle))
+        expect(self.length in LENGTH_POLICIES, InvalidInputError, "stream length", f"one of {LENGTH_POLICIES}",
+               repr(self.length))
         expect(self.max_queued_seconds > 0, InvalidInputError, "stream max_queued_seconds", "> 0",
                self.max_queued_seconds)
         expect(self.max_output_frames >= 1, InvalidInputError, "stream max_output_frames", ">= 1",

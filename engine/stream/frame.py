@@ -11,7 +11,13 @@ from engine.constants import FPS
 
 @dataclass
 class StreamFrame:
-    """One emitted frame."""
+    """One emitted frame.
+
+    `kind` says what the frame is for: "speech" (a slot of an utterance) or "idle" (no speech being
+    shown). Two flags say how it was made when it is not the usual: `dropped` (a speech or silence
+    slot whose chunk missed its deadline: the source frame passed through, no lip sync) and `held`
+    (an idle frame repeating the last frame shown while an utterance's first chunk is being made).
+    """
 
     index: int  # position on the session's 25 frames/s output timeline
     audio_time_s: float | None  # speech frames: time in the pushed speech (all utterances joined); idle: None
@@ -23,6 +29,8 @@ class StreamFrame:
     final: bool  # the last frame of its utterance
     has_face: bool
     source_index: int  # the source (or avatar) frame it was made from, ping-pong aware
+    dropped: bool = False  # its chunk was dropped for its deadline: the source frame, passed through
+    held: bool = False  # a repeat of the previous frame (the timeline keeps going while a chunk is made)
 
     @property
     def time_s(self) -> float:

@@ -1,7 +1,7 @@
 """Live mode's bounded memory: drop a finished 30 s segment of speech (and its features) from an open utterance.
 
 The audio encoder attends over 30 s windows, so once every frame whose window
-reaches into a segment has been made, that segment's samples are never needed
+reaches into a segment has been made (its chunk submitted, its features computed), that segment's samples are never needed
 again: the buffer keeps at most the current segment plus the queued speech.
 """
 
@@ -21,7 +21,7 @@ def trim_finished_segment(utt, audio_encoder) -> bool:
 
     Call under the speech queue's lock (pushes append to `utt.pcm` concurrently).
     """
-    if utt.ended or not (utt.done - utt.trimmed_frames >= SEGMENT_DONE_FRAMES and len(utt.pcm) > SEGMENT_SAMPLES):
+    if utt.ended or not (utt.submitted - utt.trimmed_frames >= SEGMENT_DONE_FRAMES and len(utt.pcm) > SEGMENT_SAMPLES):
         return False
     rest = utt.pcm.array()[SEGMENT_SAMPLES:].copy()
     utt.pcm = PcmBuffer(utt.pcm.max_samples)

@@ -29,15 +29,20 @@ class FrameOutput:
         self._cancelled = cancelled
         self._queue: queue.Queue = queue.Queue(maxsize=max_frames)
         self.emitted = 0
+        self.held = 0  # frames repeated while a chunk was being made
+        self.last: StreamFrame | None = None  # the frame emitted last
         self.next_due = time.time()  # wall time the next frame of the timeline is due
 
     def emit(self, rgb: np.ndarray, kind: str, utterance: int | None, utterance_frame: int | None,
-             has_face: bool, source_index: int, *, audio_time_s: float | None = None, final: bool = False) -> None:
+             has_face: bool, source_index: int, *, audio_time_s: float | None = None, final: bool = False,
+             dropped: bool = False, held: bool = False) -> None:
         now = time.time()
         frame = StreamFrame(index=self.emitted, audio_time_s=audio_time_s, wall_time=now, rgb=rgb, kind=kind,
                             utterance=utterance, utterance_frame=utterance_frame, final=final, has_face=has_face,
-                            source_index=source_index)
+                            source_index=source_index, dropped=dropped, held=held)
         self.emitted += 1
+        self.held += held
+        self.last = frame
         # the timeline advances one frame; if rendering fell behind the wall clock, it restarts from now
         self.next_due = max(self.next_due + 1 / FPS, now - 1 / FPS)
         if self.on_frame is not None:

@@ -10,11 +10,12 @@ client -> server
   text   {"type": "end_of_speech"}
   text   {"type": "close", "drain": false}      drain=true: finish the queued speech first
 server -> client
-  text   {"type": "started", "fps": 25, "source": NAME, "latency_floor_s": ..., "config": {...},
-          "settings": {"steps", "guidance_scale", "deepcache_interval", "seed", ...}}
+  text   {"type": "started", "fps": 25, "source": NAME, "latency_floor_s": ..., "frame_format": "jpeg"|"png",
+          "config": {...}, "settings": {"steps", "guidance_scale", "deepcache_interval", "seed", ...}}
   binary one frame: 4-byte big-endian header length n, n bytes of UTF-8 JSON header
          {"index", "time_s", "audio_time_s", "wall_time", "kind", "utterance", "utterance_frame",
-          "final", "source_index", "has_face"}, then the JPEG bytes (cv2.imencode, RGB content)
+          "final", "source_index", "has_face", "dropped", "held"}, then the image bytes: JPEG, or PNG
+         (lossless) when the server runs with frame_format "png" (cv2.imencode, RGB content)
   text   {"type": "error", "error": "<class>", "message": "... expected ..., found ..."}
          (QueueFullError keeps the session open: that chunk of speech was refused; resend it later)
   text   {"type": "closed", "stats": {...}}, then close code 1000
@@ -24,7 +25,9 @@ server is shutting down.
 A session slot is taken only by a connection that has sent a valid "start"; connections that have not
 (yet) are bounded separately (`max_pending`) and closed after `start_timeout_s`.
 HTTP: GET /live -> 200 as soon as the process serves; GET /ready -> 200 once the models are loaded and
-warmed up, else 503 with the reason (what is loading or building, or why loading failed).
+warmed up (`LipSync.warm_up` on every chunk shape a session can ask for), else 503 with the reason
+(what is loading or building, or why loading failed).
+All sessions share the one engine core of the loaded `LipSync`, which batches their chunks together.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from http import HTTPStatus
 
 import numpy as np
 
-from engine.constants import FPS, SAMPLE_RATE
+from engine.constants import FPS
 from engine.errors import EngineError, InvalidInputError, QueueFullError, expect
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,8 @@ STREAM_PATHS = ("/", "/stream")
 CLIENT_OPTIONS = ("mode", "chunk_frames", "lookahead_ms", "idle", "realtime")
 FRAME_POLL_S = 0.1
 SHUTDOWN_TIMEOUT_S = 30.0  # a graceful stop waits this long for sessions to close
-WARMUP_SAMPLES = SAMPLE_RATE // 10  # 100 ms of silence -> 4 frames through every stage
+FRAME_FORMATS = {"jpeg": ".jpg", "png": ".png"}
+PNG_COMPRESSION = 1  # fastest zlib level: PNG is for exact frames, not for size
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class ServerConfig:
     max_pending: int = 8  # connections that have not sent "start" yet; more are refused (1013)
     start_timeout_s: float = 5.0  # a connection must send "start" this soon (else 1008)
     jpeg_quality: int = 90
+    frame_format: str = "jpeg"  # "png": lossless frames (exactly what the session made), larger and slower
     max_message_bytes: int = 1 << 20  # a speech message holds at most ~32 s of int16 PCM
     max_queued_seconds: float = 30.0  # per session
 
@@ -76,27 +81,31 @@ class ServerConfig:
         expect(self.max_pending >= 1, InvalidInputError, "max_pending", ">= 1", self.max_pending)
         expect(self.start_timeout_s > 0, InvalidInputError, "start_timeout_s", "> 0", self.start_timeout_s)
         expect(1 <= self.jpeg_quality <= 100, InvalidInputError, "jpeg_quality", "1..100", self.jpeg_quality)
+        expect(self.frame_format in FRAME_FORMATS, InvalidInputError, "frame_format", f"one of {sorted(FRAME_FORMATS)}",
+               repr(self.frame_format))
         expect(0 <= self.port <= 65535, InvalidInputError, "port", "0..65535", self.port)
 
 
-def encode_frame(frame, quality: int = 90) -> bytes:
-    """One binary frame message: header length, JSON header, JPEG bytes."""
+def encode_frame(frame, quality: int = 90, frame_format: str = "jpeg") -> bytes:
+    """One binary frame message: header length, JSON header, JPEG (at `quality`) or PNG bytes."""
     import cv2
 
-    ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(frame.rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if frame_format == "jpeg" else [cv2.IMWRITE_PNG_COMPRESSION,
+                                                                                 PNG_COMPRESSION]
+    ok, image = cv2.imencode(FRAME_FORMATS[frame_format], np.ascontiguousarray(frame.rgb[..., ::-1]), params)
     if not ok:
-        raise EngineError(f"frame {frame.index}: JPEG encoding failed")
+        raise EngineError(f"frame {frame.index}: {frame_format.upper()} encoding failed")
     header = json.dumps({
         "index": frame.index, "time_s": frame.time_s, "audio_time_s": frame.audio_time_s,
         "wall_time": frame.wall_time, "kind": frame.kind, "utterance": frame.utterance,
         "utterance_frame": frame.utterance_frame, "final": frame.final, "source_index": frame.source_index,
-        "has_face": frame.has_face,
+        "has_face": frame.has_face, "dropped": frame.dropped, "held": frame.held,
     }).encode()
-    return HEADER_LENGTH.pack(len(header)) + header + jpeg.tobytes()
+    return HEADER_LENGTH.pack(len(header)) + header + image.tobytes()
 
 
 def decode_frame(message: bytes) -> tuple[dict, np.ndarray]:
-    """Client side of `encode_frame`: (header, RGB image [H,W,3] uint8)."""
+    """Client side of `encode_frame`: (header, RGB image [H,W,3] uint8); JPEG or PNG."""
     import cv2
 
     (n,) = HEADER_LENGTH.unpack_from(message)
@@ -117,8 +126,9 @@ class LipSyncServer:
 
     `load()` runs in a thread after the socket is listening and returns `(sync, sources)`:
     a loaded `LipSync` and {name: Avatar | video path | frames}; it may call `set_status(...)`
-    to say what it is doing (shown by /ready). `face` is the landmark source for video sources
-    (default: the model's face setting).
+    to say what it is doing (shown by /ready). The server owns that `LipSync` from then on:
+    `stop()` closes it. `face` is the landmark source for video sources (default: the model's
+    face setting).
     """
 
     def __init__(self, load: Callable[[], tuple], config: ServerConfig | None = None, *, face=None,
@@ -144,6 +154,8 @@ class LipSyncServer:
         self._pool = ThreadPoolExecutor(max_workers=2 * self.config.max_sessions + 2,
                                         thread_name_prefix="lipsync-serve")
         self._loaded = threading.Event()
+        self._stopping = False
+        self.warm_up_report: dict | None = None  # what `LipSync.warm_up` ran (shapes, seconds)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> int:
@@ -163,7 +175,9 @@ class LipSyncServer:
         return self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
-        """Stop gracefully: cancel every session (within a chunk), close connections (1001), stop listening."""
+        """Stop gracefully: cancel every session (within a chunk), close connections (1001), stop listening,
+        then close the model's engine core."""
+        self._stopping = True
         for session in list(self._sessions):
             session.speech.close()
         if self._server is not None:
@@ -173,6 +187,14 @@ class LipSyncServer:
             except TimeoutError:
                 log.warning("shutdown: connections still open after %g s; stopping anyway", SHUTDOWN_TIMEOUT_S)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        await asyncio.get_running_loop().run_in_executor(None, self._close_model)
+
+    def _close_model(self) -> None:
+        """Close what is left of the sessions, then the LipSync (its engine core's device thread)."""
+        for session in list(self._sessions):
+            session.close()
+        if self.sync is not None:
+            self.sync.close()
 
     async def serve_until_signalled(self, signals=(signal.SIGTERM, signal.SIGINT)) -> int:
         """Serve until one of `signals` arrives (main thread), then stop gracefully; returns that signal."""
@@ -206,8 +228,12 @@ class LipSyncServer:
     def _load_and_warm_up(self) -> None:
         try:
             sync, sources = self._load()
+            self.sync = sync
             expect(bool(sources), InvalidInputError, "server sources", "at least one --avatar or --video", "none")
-            self.sync, self.sources = sync, dict(sources)
+            self.sources = dict(sources)
+            if self._stopping:  # stopped while loading: nothing will close it later
+                self._close_model()
+                return
             self.set_status("warming up")
             self._warm_up()
             self.ready = True
@@ -223,17 +249,17 @@ class LipSyncServer:
             self._loaded.set()
 
     def _warm_up(self) -> None:
-        """Every stage once (audio encoder, VAE, U-Net, restore) on the first source, before any client."""
-        name = sorted(self.sources)[0]
-        session = self._open_session(name, dataclasses.replace(self._defaults, mode="utterance", realtime=False))
-        try:
-            session.push_audio(np.zeros(WARMUP_SAMPLES, np.float32))
-            session.end_of_speech()
-            session.finish()
-            for _ in session.frames(timeout=600):
-                pass
-        finally:
-            session.close()
+        """Every chunk shape a session can ask for, before any client: the served settings at each live chunk
+        length (8/12/16; utterance mode uses 16), with DeepCache's full and shallow passes, at each batch size
+        up to the session cap (what the engine core may stack), and the whisper encoder (`LipSync.warm_up`)."""
+        from engine.stream.config import CHUNK_CHOICES
+
+        settings = self._defaults.sync
+        configs = [dataclasses.replace(settings, chunk_frames=n) for n in sorted({*CHUNK_CHOICES,
+                                                                                   settings.chunk_frames})]
+        eager = set(self.sync.core.runners.choice.values()) == {"torch"}  # eager: one pass per shape checks it
+        sizes = None if eager else range(1, min(self.sync.policy.max_batch, self.config.max_sessions) + 1)
+        self.warm_up_report = self.sync.warm_up(configs, batch_sizes=sizes)
 
     def _open_session(self, name: str, config):
         from engine.stream.session import StreamSession
@@ -322,6 +348,7 @@ class LipSyncServer:
             self._sessions.add(session)
             await ws.send(json.dumps({"type": "started", "fps": FPS, "source": name,
                                       "latency_floor_s": config.latency_floor_s,
+                                      "frame_format": self.config.frame_format,
                                       "config": {k: getattr(config, k) for k in CLIENT_OPTIONS},
                                       "settings": dataclasses.asdict(config.sync)}))
             sender = asyncio.create_task(self._send_frames(ws, session))
@@ -398,7 +425,8 @@ class LipSyncServer:
                 if not session.worker_alive:
                     return
                 continue
-            await ws.send(await loop.run_in_executor(self._pool, encode_frame, frame, self.config.jpeg_quality))
+            await ws.send(await loop.run_in_executor(self._pool, encode_frame, frame, self.config.jpeg_quality,
+                                                     self.config.frame_format))
 
     @staticmethod
     async def _report(ws, exc: BaseException, *, close_code: int | None = None, reason: str | None = None) -> None:

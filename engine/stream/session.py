@@ -8,10 +8,19 @@ One worker thread drives the same chunked core as `engine run`:
 - `live` mode makes each chunk as soon as its audio plus a lookahead has
   arrived, re-encoding the current 30 s segment (see `live_features`); once
   the utterance ends, its remaining frames use the exact offline features.
+The worker queues chunks on the engine core without waiting for them (chunk k+1
+is queued while k runs; at most `MAX_CHUNKS_IN_FLIGHT`), so the core can batch
+them with other sessions' and jobs' chunks, and emits each one's frames in order
+once it is done.
 Output frames lie on one 25 frames/s timeline. When no utterance is being
 rendered and `realtime` is on, the session keeps emitting idle frames on that
 timeline (the source passed through, or generated with silence), so a live
-output never stalls; the source position runs on through idle frames.
+output never stalls; the source position runs on through idle frames. While an
+utterance's first chunk is being made, the last frame is held (repeated, the
+source paused), so the timeline does not stall then either and the utterance
+continues the source from where it paused. A real-time chunk that has not
+started one chunk after its slot on the timeline is dropped by the core: its
+slots show the source passed through (`StreamFrame.dropped`).
 
 The pieces: `SpeechQueue` (accepted speech), `ChunkRenderer` (the path to the
 device), `IdleFrames`, `FrameOutput` (timeline and delivery); this module is the
@@ -23,11 +32,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 
 import numpy as np
 
-from engine.constants import SAMPLE_RATE, SAMPLES_PER_FRAME
+from engine.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from engine.errors import EngineError, InvalidInputError, expect
 from engine.pipeline.core import StageTimer
 from engine.stream.config import StreamConfig
@@ -36,13 +47,14 @@ from engine.stream.idle import IdleFrames
 from engine.stream.live_trim import trim_finished_segment
 from engine.stream.output import POLL_S, FrameOutput
 from engine.stream.pcm import to_float_pcm
-from engine.stream.render import ChunkRenderer
+from engine.stream.render import ChunkRenderer, RenderedChunk
 from engine.stream.sources import open_source
 from engine.stream.utterance import SpeechQueue, Utterance
 
 __all__ = ["StreamConfig", "StreamFrame", "StreamSession"]
 
 log = logging.getLogger(__name__)
+MAX_CHUNKS_IN_FLIGHT = 2  # chunks a session has queued or running on the core at once (k+1 is queued while k runs)
 
 
 class StreamSession:
@@ -67,9 +79,16 @@ class StreamSession:
         cursor = open_source(sync, source, face=face, aligner=aligner, timer=self.timer)
         self.speech = SpeechQueue(self.config.max_queued_seconds)
         self.output = FrameOutput(self.config.max_output_frames, on_frame, lambda: self.speech.closed)
-        self.renderer = ChunkRenderer(self.core, cursor, aligner, self.config, self.timer)
+        self.renderer = ChunkRenderer(self.core, cursor, aligner, self.config, self.timer,
+                                      cancelled=lambda: self.speech.closed or self._stopped)
         self.idle = IdleFrames(self.renderer, self.config.idle, self.config.chunk_frames)
+        self.in_flight: deque[RenderedChunk] = deque()  # chunks handed to the core, in output order
+        # features, faces and queueing of speech chunks run here, so the worker keeps the timeline going meanwhile
+        self._maker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lipsync-stream-make")
+        self._making: Future | None = None  # the chunk being made (one at a time: chunks of a session are in order)
+        self._last_utterance: Utterance | None = None  # the utterance of the last speech frame emitted
         self._error: BaseException | None = None
+        self._stopped = False  # the worker has stopped
         self.first_frame_latency_s: list[float] = []
         self._worker = threading.Thread(target=self._work, name="lipsync-stream", daemon=True)
         self._worker.start()
@@ -141,6 +160,7 @@ class StreamSession:
             self.finish()
         else:
             self.speech.close()
+            self.renderer.cancel()  # queued chunks leave the engine now; a running one finishes
         if threading.current_thread() is self._worker:
             return
         deadline = time.monotonic() + timeout
@@ -148,6 +168,7 @@ class StreamSession:
             self._worker.join(timeout=POLL_S)
         if self._worker.is_alive():  # drain took too long: cancel
             self.speech.close()
+            self.renderer.cancel()
             self._worker.join()
         self.speech.clear()
         if self.on_frame is not None or not self.speech.finishing:
@@ -169,12 +190,15 @@ class StreamSession:
 
     @property
     def chunk_seconds(self) -> list[float]:
-        """Compute time of each speech chunk (features + rendering), in order."""
+        """Time to make each speech chunk (features, queue, device, restore), in order."""
         return self.renderer.chunk_seconds
 
     @property
     def stats(self) -> dict:
-        """Latency figures: first-frame latency per utterance, per-chunk compute time, the floor."""
+        """Latency figures: first-frame latency per utterance, per-chunk time, the floor; chunk counters:
+        `late_chunks` (real time: a chunk whose first frame came after its slot on the timeline),
+        `dropped_chunks` (dropped for their deadline: source frames instead), `batched_chunks` (shared a
+        device batch with other requests), `held_frames` (repeated while a first chunk was made)."""
         chunks = self.chunk_seconds
         queued = self.speech.queued_samples() / SAMPLE_RATE
         return {
@@ -183,7 +207,8 @@ class StreamSession:
             "first_frame_latency_s": [round(x, 4) for x in self.first_frame_latency_s],
             "chunks": len(chunks), "chunk_compute_s_mean": round(float(np.mean(chunks)), 4) if chunks else None,
             "chunk_compute_s_max": round(float(np.max(chunks)), 4) if chunks else None,
-            "late_chunks": self.renderer.late_chunks,
+            "late_chunks": self.renderer.late_chunks, "dropped_chunks": self.renderer.dropped_chunks,
+            "batched_chunks": self.renderer.batched_chunks, "held_frames": self.output.held,
             "frames_emitted": self.output.emitted, "queued_speech_s": round(queued, 3),
             "stage_seconds": self.timer.as_dict(),
         }
@@ -196,63 +221,120 @@ class StreamSession:
 
     # ------------------------------------------------------------------ worker
     def _work(self) -> None:
-        speech = self.speech
         try:
             while True:
-                with speech.cond:
-                    job = None
-                    while not speech.closed:
-                        job = self._next_job()
-                        if job is not None:
-                            break
-                        if speech.finishing and not speech.utterances:
-                            return
-                        speech.cond.wait(timeout=self.output.idle_wait(self.config.realtime and not speech.finishing))
-                    if speech.closed:
-                        return
-                job()
+                step = self._next_step()
+                if step is None:
+                    return
+                step()
+        except CancelledError:  # close() while waiting for the device: a normal stop
+            if not self.speech.closed:
+                self._error = EngineError("stream: a chunk was cancelled outside close()")
         except BaseException as exc:  # surfaced to the consumer
             log.exception("stream worker failed")
             self._error = exc
-        finally:  # the worker is the only user of the source: release it here, however it stops
+        finally:  # the worker owns the source: release it here, however it stops (after the maker stopped)
+            self._stopped = True  # a maker waiting for room in the engine queue gives up
+            self._maker.shutdown(wait=True, cancel_futures=True)
+            self.renderer.cancel()
+            self.in_flight.clear()
             self.renderer.cursor.close()
 
-    def _next_job(self) -> Callable[[], None] | None:
-        """Under the speech lock: the next unit of work, or None to wait."""
-        rendering = False
+    def _next_step(self) -> Callable[[], None] | None:
+        """The next unit of work, waiting for speech, a finished chunk or the next idle frame; None to stop."""
+        speech = self.speech
+        with speech.cond:
+            while not speech.closed:
+                step = self._choose()
+                if step is not None:
+                    return step
+                if speech.finishing and self._making is None and speech.head() is None and not self.in_flight:
+                    return None
+                speech.cond.wait(timeout=self.output.idle_wait(self.config.realtime and not speech.finishing))
+            return None
+
+    def _choose(self) -> Callable[[], None] | None:
+        """Under the speech lock: start making the next speech chunk (on the maker thread), then pick what
+        the worker does: emit a finished chunk, else an idle (or held) frame; None to wait."""
+        if self._making is not None and self._making.done():
+            making, self._making = self._making, None
+            if making.exception() is not None:
+                return making.result  # raises the maker's error in the worker
         utt = self.speech.head()
-        if utt is not None:
-            if utt.frames_ready(self.config):
-                return lambda: self._make_speech(utt)
-            rendering = utt.done > 0  # mid-utterance: wait for speech rather than break its lip sync
-        if self.config.realtime and not self.speech.finishing and not rendering and self.output.idle_due():
-            return self._make_idle
+        if (utt is not None and self._making is None and len(self.in_flight) < MAX_CHUNKS_IN_FLIGHT
+                and utt.frames_ready(self.config)):
+            self._making = self._maker.submit(self._make_speech, utt)
+            self._making.add_done_callback(lambda _: self._wake())
+        if self.in_flight and self.in_flight[0].done():
+            return self._emit_chunk
+        if self.config.realtime and not self.speech.finishing and not self._speaking() and self.output.idle_due():
+            if not self.in_flight and self._making is None:
+                return self._make_idle
+            if self.output.last is not None or self.in_flight:  # something to hold
+                return self._hold
         return None
 
-    def _deadline(self) -> float | None:
-        """Wall time the next chunk's first frame is due on the real-time timeline (None when not real time)."""
-        return self.output.next_due if self.config.realtime else None
+    def _speaking(self) -> bool:
+        """Mid-utterance: some of its frames are out, more will come (wait for them rather than break its
+        lip sync with idle frames)."""
+        last = self._last_utterance
+        return last is not None and not last.fully_emitted
+
+    def _wake(self) -> None:
+        with self.speech.cond:
+            self.speech.cond.notify_all()
+
+    def _timeline(self) -> tuple[float | None, bool]:
+        """(due, on_timeline) of a chunk queued now. due: the wall time its first frame is due on the
+        real-time timeline, after the frames already emitted and those of the chunks still being made
+        (None when not real time); on_timeline: it follows frames already on their way (else held frames
+        bridge its latency and it has no fixed slot)."""
+        with self.speech.cond:
+            on_timeline = bool(self.in_flight) or self._speaking()
+            if not self.config.realtime:
+                return None, on_timeline
+            ahead = sum(chunk.frames - chunk.emitted for chunk in self.in_flight)
+            return max(self.output.next_due, time.time()) + ahead / FPS, on_timeline
 
     def _make_speech(self, utt: Utterance) -> None:
+        """On the maker thread: features, source items and queueing of the next chunk of `utt`."""
         samples, ended = self.speech.snapshot(utt)
-        frames = self.renderer.speech_chunk(utt, samples, ended, self._deadline())
-        if not frames:
+        chunk = self.renderer.speech_chunk(utt, samples, ended, self._timeline)
+        if chunk is None:
             return
+        with self.speech.cond:
+            self.in_flight.append(chunk)
+            utt.submitted += chunk.frames
+            if self.config.mode == "live":
+                trim_finished_segment(utt, self.core.audio_encoder)
+        chunk.when_done(self._wake)
+
+    def _emit_chunk(self) -> None:
+        chunk = self.in_flight[0]
+        frames, dropped = self.renderer.collect(chunk)
+        utt = chunk.utterance
         for out in frames:
             if self.speech.closed:
                 return
             k = out.index
             self.output.emit(out.rgb, "speech", utt.number, k, out.has_face, out.source_index,
                              audio_time_s=(utt.audio_offset + k * SAMPLES_PER_FRAME) / SAMPLE_RATE,
-                             final=utt.total is not None and k == utt.total - 1)
+                             final=utt.total is not None and k == utt.total - 1, dropped=dropped)
+            chunk.emitted += 1
+            utt.emitted += 1
+            self._last_utterance = utt
             if utt.first_frame_wall is None:
                 utt.first_frame_wall = time.time()
                 self.first_frame_latency_s.append(utt.first_frame_wall - utt.first_push)
         with self.speech.cond:
-            utt.done += len(frames)
-            if self.config.mode == "live":
-                trim_finished_segment(utt, self.core.audio_encoder)
+            self.in_flight.popleft()
+
+    def _hold(self) -> None:
+        out = self.idle.held(self.output.last, self.in_flight[0] if self.in_flight else None)
+        self.output.emit(out.rgb, "idle", None, None, out.has_face, out.source_index, held=True)
 
     def _make_idle(self) -> None:
-        for out in self.idle.next(self._deadline()):
-            self.output.emit(out.rgb, "idle", None, None, out.has_face, out.source_index)
+        due, _ = self._timeline()
+        frames, dropped = self.idle.next(due)
+        for out in frames:
+            self.output.emit(out.rgb, "idle", None, None, out.has_face, out.source_index, dropped=dropped)

@@ -30,8 +30,10 @@ class Utterance:
         self.audio_offset = audio_offset  # samples pushed before this utterance
         self.ended = False
         self.first_push = time.time()
-        self.done = 0  # frames made so far
-        self.total: int | None = None  # official frame count, known once the exact features are made
+        self.submitted = 0  # frames whose chunk has been handed to the core (made or being made)
+        self.emitted = 0  # frames emitted so far
+        self.total: int | None = None  # frames it has (StreamConfig.length), known once the exact features are made
+        self.layout_total: int | None = None  # the official count: chunks are laid out over it, as `engine run`
         self.exact: torch.Tensor | None = None  # offline features [N,5,C], once ended
         self.live: LiveFeatures | None = None
         self.generator: torch.Generator | None = None  # the utterance's own random stream (offline order)
@@ -40,21 +42,26 @@ class Utterance:
         self.trimmed_frames = 0  # live: frames whose 30 s segments were dropped from the front of `pcm`
 
     @property
-    def finished(self) -> bool:
-        return self.total is not None and self.done >= self.total
+    def fully_submitted(self) -> bool:
+        """Every chunk of the utterance has been handed to the core (nothing left to make)."""
+        return self.total is not None and self.submitted >= self.total
+
+    @property
+    def fully_emitted(self) -> bool:
+        return self.total is not None and self.emitted >= self.total
 
     @property
     def queued_samples(self) -> int:
         """Samples accepted but not yet turned into frames."""
-        return max(0, len(self.pcm) - (self.done - self.trimmed_frames) * SAMPLES_PER_FRAME)
+        return max(0, len(self.pcm) - (self.submitted - self.trimmed_frames) * SAMPLES_PER_FRAME)
 
     def frames_ready(self, config: StreamConfig) -> int:
         """Frames the next chunk can make now (0: wait for more speech or for the end of the utterance)."""
         if self.ended:
-            return config.render_chunk if self.total is None else min(config.render_chunk, self.total - self.done)
+            return config.render_chunk if self.total is None else min(config.render_chunk, self.total - self.submitted)
         if config.mode == "utterance":
             return 0
-        last = self.done + config.chunk_frames - 1 - self.trimmed_frames
+        last = self.submitted + config.chunk_frames - 1 - self.trimmed_frames
         return config.chunk_frames if len(self.pcm) >= samples_needed(last, config.lookahead_ms) else 0
 
 
@@ -110,7 +117,7 @@ class SpeechQueue:
                 return
             utt = self.utterances[-1]
             utt.ended = True
-            if len(utt.pcm) < MIN_UTTERANCE_SAMPLES and utt.done == 0:
+            if len(utt.pcm) < MIN_UTTERANCE_SAMPLES and utt.submitted == 0:
                 self.utterances.pop()
                 raise InvalidInputError(f"utterance {utt.number}: expected at least {MIN_UTTERANCE_SAMPLES} "
                                         f"samples (20 ms), found {len(utt.pcm)}; it was dropped")
@@ -120,7 +127,7 @@ class SpeechQueue:
         with self.cond:
             for utt in self.utterances:
                 utt.ended = True
-            if self.utterances and self.utterances[-1].done == 0 \
+            if self.utterances and self.utterances[-1].submitted == 0 \
                     and len(self.utterances[-1].pcm) < MIN_UTTERANCE_SAMPLES:
                 dropped = self.utterances.pop()
                 log.warning("utterance %d dropped: %d samples, fewer than %d (20 ms)", dropped.number,
@@ -140,9 +147,9 @@ class SpeechQueue:
             self.closed = True
 
     def head(self) -> Utterance | None:
-        """The oldest utterance not yet rendered to its end (finished ones are dropped)."""
+        """The oldest utterance with frames left to make (fully submitted ones leave the queue)."""
         with self.cond:
-            while self.utterances and self.utterances[0].finished:
+            while self.utterances and self.utterances[0].fully_submitted:
                 self.utterances.popleft()
             return self.utterances[0] if self.utterances else None
 
