@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import sys
-from collections.abc import Callable, Iterator
 
 from engine.cli.options import add_model_options, load_sync
 
@@ -35,6 +32,7 @@ def register(subparsers) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    from engine.cli.progress import progress_bar
     from engine.media import probe
     from engine.media.paths import check_output_dir
     from engine.media.preflight import check_video_packets
@@ -47,31 +45,9 @@ def _prepare(args: argparse.Namespace) -> int:
     check_new_avatar_dir(args.out)
     x264_options(args.frames_crf)
     sync = load_sync(args)
-    with frame_progress("avatar", enabled=not args.no_progress) as progress:
-        avatar = prepare_avatar(sync, args.video, args.out, progress=progress, frames_crf=args.frames_crf)
+    with progress_bar(desc="avatar", unit="frame", enabled=not args.no_progress) as bar:
+        avatar = prepare_avatar(sync, args.video, args.out, progress=bar.callback, frames_crf=args.frames_crf)
     m = avatar.manifest
     print(f"avatar {avatar.path}: {m.num_frames} frames {m.width}x{m.height}, model {m.model} at {m.resolution} px, "
           f"face source {m.face_source}")
     return 0
-
-
-@contextlib.contextmanager
-def frame_progress(desc: str, *, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
-    """A `progress(done, total)` callback drawing a tqdm bar on stderr, with log lines printed above the bar.
-
-    Only on a terminal (and unless disabled); otherwise the callback does nothing.
-    """
-    if not (enabled and sys.stderr.isatty()):
-        yield lambda done, total: None
-        return
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    def update(done: int, total: int) -> None:
-        if total and bar.total != total:
-            bar.total = total
-            bar.refresh()
-        bar.update(done - bar.n)
-
-    with logging_redirect_tqdm(), tqdm(total=0, unit="frame", desc=desc, file=sys.stderr, dynamic_ncols=True) as bar:
-        yield update
