@@ -65,3 +65,51 @@ def write_format1_avatar(path: Path, num_frames: int = 2) -> Path:
     (path / "posterior.raw").write_bytes(bytes(t * 4 * 4 * h * h * 4))
     np.save(path / "matrices.npy", np.zeros((t, 2, 3), np.float32))
     return path
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
+    """(max |a - b| in uint8 steps, fraction of values equal) of two frame stacks of one shape."""
+    assert a.shape == b.shape
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    return int(diff.max()), float((diff == 0).mean())
+
+
+def run_threads(*calls):
+    """Run the callables at once, each in its own thread; returns their results (re-raises the first error)."""
+    import threading
+
+    results, errors = [None] * len(calls), []
+
+    def run(k):
+        try:
+            results[k] = calls[k]()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    if errors:
+        raise errors[0]
+    return results
+
+
+async def speak_and_collect(ws, pieces) -> tuple[list, dict]:
+    """One utterance over an open `engine serve` connection: send the int16 speech `pieces`, end of speech,
+    receive every frame up to the utterance's final one, then close. Returns ([(header, rgb)], "closed" message)."""
+    import asyncio
+    import json
+
+    from engine.stream.server import decode_frame
+
+    for piece in pieces:
+        await ws.send(piece.tobytes())
+    await ws.send(json.dumps({"type": "end_of_speech"}))
+    frames = []
+    while not (frames and frames[-1][0]["final"]):
+        frames.append(decode_frame(await asyncio.wait_for(ws.recv(), 300)))
+    await ws.send(json.dumps({"type": "close"}))
+    closed = json.loads(await asyncio.wait_for(ws.recv(), 60))
+    return frames, closed

@@ -37,7 +37,8 @@ def test_local_batch_equals_engine_run_skips_when_done_and_fails_only_the_bad_jo
     black = _faceless_video(tmp_path / "black.mp4")
     rows = [{"video": str(cuts["demo1"][0]), "audio": str(cuts["demo1"][1]), "output": "one.mp4"},
             {"video": str(black), "audio": str(cuts["demo1"][1]), "output": "faceless.mp4"},
-            {"video": str(cuts["demo2"][0]), "audio": str(cuts["demo2"][1]), "output": "two.mp4", "seed": 3}]
+            {"video": str(cuts["demo2"][0]), "audio": str(cuts["demo2"][1]), "output": "two.mp4", "seed": 3,
+             "length": "official"}]
     manifest = write_manifest(tmp_path / "jobs.jsonl", rows)
     argv = ["batch", str(manifest), "--model", str(model), "--device", "cpu", *FAST_ARGS, "--no-progress"]
     assert main(argv) == 1  # one job failed
@@ -45,7 +46,7 @@ def test_local_batch_equals_engine_run_skips_when_done_and_fails_only_the_bad_jo
     assert "2 done, 0 skipped, 1 failed of 3 jobs" in out and "line 2 (line 2)" in out and "NoFaceError" in out
 
     report = json.loads((tmp_path / "jobs.jsonl.report.json").read_text())
-    assert report["counts"] == {"done": 2, "skipped": 0, "failed": 1} and report["frames"] == 2 * 8  # 0.32 s each
+    assert report["counts"] == {"done": 2, "skipped": 0, "failed": 1} and report["frames"] == 8 + 10  # 0.32 s each: as long, official
     failed = report["jobs"][1]
     assert (failed["status"], failed["error"], failed["exit_code"]) == ("failed", "NoFaceError", 4)
     assert "expected a face" in failed["reason"]
@@ -59,7 +60,7 @@ def test_local_batch_equals_engine_run_skips_when_done_and_fails_only_the_bad_jo
                  str(cuts["demo1"][1]), "--output", str(reference), *FAST_ARGS, "--no-progress"]) == 0
     sync = LipSync.from_pretrained(str(model), device="cpu", face="mediapipe")
     reference_two = tmp_path.parent / f"{tmp_path.name}-ref-two.mp4"
-    sync(cuts["demo2"][0], cuts["demo2"][1], reference_two, crf=LOSSLESS, **{**FAST, "seed": 3})
+    sync(cuts["demo2"][0], cuts["demo2"][1], reference_two, crf=LOSSLESS, length="official", **{**FAST, "seed": 3})
     for made, expected in (("one.mp4", reference), ("two.mp4", reference_two)):
         (frames, audio), (ref_frames, ref_audio) = decoded(tmp_path / made), decoded(expected)
         np.testing.assert_array_equal(frames, ref_frames, err_msg=made)

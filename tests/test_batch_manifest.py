@@ -62,27 +62,28 @@ def test_csv_reports_every_kind_of_bad_line(cuts, tmp_path, no_work):
 
     video, audio = cuts["demo1"]
     text = "\n".join([
-        "video,audio,output,steps,strict_faces,crf",
-        f"{video},{audio},ok.mp4,2,true,",  # line 2: fine (relative output: beside the manifest)
+        "video,audio,output,steps,strict_faces,crf,length",
+        f"{video},{audio},ok.mp4,2,true,,",  # line 2: fine (relative output: beside the manifest)
         "",
-        f"{video},{audio},o3.mp4,abc,,",  # line 4: not an integer
-        f"{video},{audio},o5.mp4,,maybe,",  # line 5: not a boolean
-        f"{video},{audio},ok.mp4,,,",  # line 6: another line's output
-        f"{video},{audio},{video},,,",  # line 7: writes over its own input
-        f"{video},{audio},o8.mp4,,,99",  # line 8: crf out of range
+        f"{video},{audio},o3.mp4,abc,,,",  # line 4: not an integer
+        f"{video},{audio},o5.mp4,,maybe,,",  # line 5: not a boolean
+        f"{video},{audio},ok.mp4,,,,",  # line 6: another line's output
+        f"{video},{audio},{video},,,,",  # line 7: writes over its own input
+        f"{video},{audio},o8.mp4,,,99,",  # line 8: crf out of range
         f"{video},{audio}",  # line 9: too few columns
-        f"{audio},{video},o10.mp4,,,",  # line 10: a wav is not a video
-        f"{video},{audio},o11.avi,,,",  # line 11: not an mp4 name
-    ]) + "\n"
+        f"{audio},{video},o10.mp4,,,,",  # line 10: a wav is not a video
+        f"{video},{audio},o11.avi,,,,",  # line 11: not an mp4 name
+    ]) + "\n" + f'{video},{audio},o12.mp4,,,,longest\n'  # line 12: an unknown length policy
     manifest = tmp_path / "jobs.csv"
     manifest.write_text(text)
     with pytest.raises(InvalidInputError) as info:
         load_manifest(manifest)
     message = str(info.value)
-    assert "(lines 4, 5, 6, 7, 8, 9, 10, 11)" in message
+    assert "(lines 4, 5, 6, 7, 8, 9, 10, 11, 12)" in message
     expected = {4: "steps: expected an integer, found 'abc'", 5: "strict_faces: expected true or false",
                 6: "found the output of line 2", 7: "expected a path that is not an input", 8: "crf: expected an int",
-                9: "expected 6 columns", 10: "video", 11: "name ending in .mp4"}
+                9: "expected 7 columns", 10: "video", 11: "name ending in .mp4",
+                12: "length: expected one of ('audio', 'official'), found 'longest'"}
     lines = {int(line.split(":")[0].split()[1]): line for line in message.splitlines()[1:]}
     for number, fragment in expected.items():
         assert fragment in lines[number], (number, lines[number])
@@ -99,7 +100,8 @@ def test_settings_merge_and_paths_relative_to_the_manifest(cuts, tmp_path, no_wo
     track.write_text("{}")
     rows = [{"id": "ep1-fr", "video": f"in/{video.name}", "audio": f"in/{audio.name}", "output": "out1.mp4"},
             {"video": f"in/{video.name}", "audio": f"in/{audio.name}", "output": "out2.mp4", "preset": "fast",
-             "seed": 3, "deepcache": 0, "face": "in/track.json", "strict-faces": True, "crf": 20, "guidance": 2}]
+             "seed": 3, "deepcache": 0, "face": "in/track.json", "strict-faces": True, "crf": 20, "guidance": 2,
+             "length": "official"}]
     jobs = load_manifest(write_manifest(tmp_path / "jobs.jsonl", rows), JobSettings(steps=4, face="mediapipe"))
     first, second = jobs
     assert (first.id, second.id) == ("ep1-fr", "line 2")
@@ -108,7 +110,8 @@ def test_settings_merge_and_paths_relative_to_the_manifest(cuts, tmp_path, no_wo
     config = second.settings.sync_config()
     assert (config.steps, config.seed, config.deepcache_interval, config.guidance_scale) == (4, 3, None, 2.0)
     assert second.settings.face == str(track) and second.settings.strict_faces and second.settings.crf == 20
-    assert first.frames_estimate == 10  # 0.32 s of speech
+    assert first.settings.length == "audio" and second.settings.length == "official"
+    assert (first.frames_estimate, second.frames_estimate) == (8, 10)  # 0.32 s of speech: as long, or official
 
 
 def test_a_record_beside_the_output_makes_reruns_skip_until_something_changes(cuts, tmp_path):

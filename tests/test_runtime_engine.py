@@ -3,7 +3,6 @@ out-of-memory and non-finite faults, shutdown, the audio proxy, and bounded torc
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -19,7 +18,7 @@ from engine.errors import (
     NonFiniteOutputError,
     QueueFullError,
 )
-from stream_helpers import demo1_inputs, micro_sync
+from stream_helpers import agreement, demo1_inputs, micro_sync
 
 FRAMES = 4  # frames per chunk in these tests (the U-Net takes any count up to 24)
 CONFIG = dict(steps=3, guidance_scale=1.5, deepcache_interval=2, chunk_frames=FRAMES)  # CFG, full + shallow passes
@@ -77,9 +76,6 @@ def rgb(frames) -> np.ndarray:
     return np.stack([f.rgb for f in frames])
 
 
-def agreement(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
-    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
-    return int(diff.max()), float((diff == 0).mean())
 
 
 def block_device(core) -> threading.Event:

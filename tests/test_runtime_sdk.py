@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from engine.errors import DeadlineExceededError, QueueFullError
-from stream_helpers import demo1_inputs, micro_sync
+from stream_helpers import agreement, demo1_inputs, micro_sync, run_threads
 
 SECONDS = 0.32  # 8 frames of each demo clip and of its speech: one chunk
 FAST = dict(steps=1, guidance=1.0, deepcache=0)
@@ -40,30 +40,8 @@ def sync():
     s.close()
 
 
-def agreement(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
-    assert a.shape == b.shape
-    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
-    return int(diff.max()), float((diff == 0).mean())
 
 
-def run_threads(*calls):
-    """Run the callables at once, each in its own thread; returns their results (re-raises the first error)."""
-    results, errors = [None] * len(calls), []
-
-    def run(k):
-        try:
-            results[k] = calls[k]()
-        except BaseException as exc:  # noqa: BLE001 - re-raised below, in the test's thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(600)
-    if errors:
-        raise errors[0]
-    return results
 
 
 def test_two_threads_calling_one_lipsync_get_their_solo_frames(sync, clips):

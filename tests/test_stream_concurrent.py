@@ -17,7 +17,7 @@ import threading
 import numpy as np
 import pytest
 
-from stream_helpers import demo1_inputs, fast_settings, micro_sync
+from stream_helpers import agreement, demo1_inputs, fast_settings, micro_sync, run_threads, speak_and_collect
 
 SPEECH_SAMPLES = (10_240, 7_680)  # 0.64 s -> one chunk of 16 (the job's too); 0.48 s -> chunks of 8 + 6 (shows 4)
 SESSIONS = ({"mode": "utterance"}, {"mode": "live", "chunk_frames": 8, "lookahead_ms": 2000})
@@ -73,10 +73,6 @@ def _job(sync, inputs) -> np.ndarray:
     return sync.submit(frames, speech[0].astype(np.float32) / 32768, config=config, face=_faces(landmarks)).result(300).frames
 
 
-def _agreement(got: np.ndarray, want: np.ndarray) -> tuple[int, float]:
-    assert got.shape == want.shape
-    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
-    return int(diff.max()), float((diff == 0).mean())
 
 
 def _batch_sizes(before: dict, after: dict) -> dict[int, int]:
@@ -85,7 +81,7 @@ def _batch_sizes(before: dict, after: dict) -> dict[int, int]:
 
 
 def _check(name: str, got: np.ndarray, want: np.ndarray, maybe_batched: bool) -> str:
-    worst, equal = _agreement(got, want)
+    worst, equal = agreement(got, want)
     if maybe_batched:
         assert worst <= TOLERANCE[0] and equal >= TOLERANCE[1], (name, worst, equal)
     else:
@@ -102,23 +98,6 @@ def solo(sync, inputs):
     return runs
 
 
-def _run_at_once(*calls):
-    results, errors = [None] * len(calls), []
-
-    def run(k):
-        try:
-            results[k] = calls[k]()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(600)
-    if errors:
-        raise errors[0]
-    return results
 
 
 @pytest.mark.parametrize("max_batch", [4, 1], ids=["batching", "no-batching"])
@@ -131,7 +110,7 @@ def test_two_sessions_and_an_offline_job_at_once_through_the_sdk(sync, inputs, s
         LipSync(sync.models, sync.placement, policy=EnginePolicy(max_batch=max_batch))
     try:
         before = engine_sync.core.engine.stats()
-        (a, a_stats), (b, b_stats), job = _run_at_once(lambda: _session(engine_sync, inputs, 0),
+        (a, a_stats), (b, b_stats), job = run_threads(lambda: _session(engine_sync, inputs, 0),
                                                        lambda: _session(engine_sync, inputs, 1),
                                                        lambda: _job(engine_sync, inputs))
         sizes = _batch_sizes(before, engine_sync.core.engine.stats())
@@ -151,7 +130,7 @@ def test_two_sessions_and_an_offline_job_at_once_through_engine_serve(sync, inpu
     from websockets.asyncio.client import connect
 
     from engine.stream import StreamConfig
-    from engine.stream.server import LipSyncServer, ServerConfig, decode_frame
+    from engine.stream.server import LipSyncServer, ServerConfig
 
     frames, landmarks, speech = inputs
     server = LipSyncServer(lambda: (sync, {"demo1": frames}), ServerConfig(port=0, max_sessions=2, frame_format="png"),
@@ -169,13 +148,7 @@ def test_two_sessions_and_an_offline_job_at_once_through_engine_serve(sync, inpu
                 await ws.send(json.dumps({"type": "start", "source": "demo1", "realtime": False, **SESSIONS[k]}))
                 started = json.loads(await asyncio.wait_for(ws.recv(), 60))
                 assert started["type"] == "started" and started["frame_format"] == "png", started
-                await ws.send(speech[k].tobytes())
-                await ws.send(json.dumps({"type": "end_of_speech"}))
-                got = []
-                while not (got and got[-1][0]["final"]):
-                    got.append(decode_frame(await asyncio.wait_for(ws.recv(), 300)))
-                await ws.send(json.dumps({"type": "close"}))
-                closed = json.loads(await asyncio.wait_for(ws.recv(), 60))
+                got, closed = await speak_and_collect(ws, [speech[k]])
             assert all(h["kind"] == "speech" and not h["dropped"] for h, _ in got)
             return np.stack([img for _, img in got]), closed["stats"]
 

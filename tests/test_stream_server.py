@@ -17,7 +17,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from stream_helpers import demo1_inputs, fast_settings, micro_sync, write_format1_avatar
+from stream_helpers import demo1_inputs, fast_settings, micro_sync, speak_and_collect, write_format1_avatar
 
 SPEECH_SAMPLES = 9_600  # 0.6 s -> 30 feature rows -> 15 frames (length "audio"; 17 official)
 
@@ -128,21 +128,13 @@ def test_liveness_at_once_readiness_after_load_and_warm_up(running):
 def test_speech_in_frames_out_in_order(running, speech):
     from engine.audio import official_frame_count
     from engine.pipeline.config import output_frame_count
-    from engine.stream.server import decode_frame
 
     running.wait_ready()
 
     async def client():
         async with _connect(running.port) as ws:
             started = await _start(ws, mode="live", chunk_frames=8, lookahead_ms=0)
-            for piece in np.array_split(speech, 5):
-                await ws.send(piece.tobytes())
-            await ws.send(json.dumps({"type": "end_of_speech"}))
-            frames = []
-            while not (frames and frames[-1][0]["final"]):
-                frames.append(decode_frame(await asyncio.wait_for(ws.recv(), 300)))
-            await ws.send(json.dumps({"type": "close"}))
-            closed = json.loads(await asyncio.wait_for(ws.recv(), 60))
+            frames, closed = await speak_and_collect(ws, np.array_split(speech, 5))
             await ws.wait_closed()
             return started, frames, closed, ws.close_code
 

@@ -1,7 +1,7 @@
 """`engine batch`: lip-sync every job of a manifest (JSONL or CSV), here or on a Ray cluster.
 
 Each line names `video`, `audio`, `output` and optionally `preset`, `steps`, `guidance`, `deepcache`,
-`seed`, `face`, `strict_faces`, `crf` (as `engine run` names them; the options below are the defaults
+`seed`, `face`, `strict_faces`, `crf`, `length` (as `engine run` names them; the options below are the defaults
 for lines that do not set them). Every line is checked before any work; a bad manifest exits 2 naming
 each bad line. Jobs whose outputs are up to date (see `<output>.job.json`) are skipped, so a batch
 can be re-run after an interruption. Exit 0 when no job failed, 1 when some did (see the report).
@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine.cli.options import add_generation_options, add_model_options
+from engine.cli.options import add_generation_options, add_length_option, add_model_options
 from engine.errors import InvalidInputError
 
 
@@ -27,6 +27,7 @@ def register(subparsers) -> None:
     add_generation_options(jobs)
     jobs.add_argument("--strict-faces", action="store_true", help="a frame without a face fails its job")
     jobs.add_argument("--crf", type=int, default=18, help="x264 quality of every output (default 18)")
+    add_length_option(jobs)
     run = p.add_argument_group("running")
     run.add_argument("--ray", nargs="?", const="default", metavar="ADDRESS",
                      help="run on Ray: local (a private cluster for this run), auto or ray://HOST:PORT (an existing "
@@ -72,7 +73,8 @@ def _batch(args: argparse.Namespace) -> int:
     report_file = report_path(args)
     model = ModelOptions.from_args(args)
     defaults = JobSettings(preset=args.preset, steps=args.steps, guidance=args.guidance, deepcache=args.deepcache,
-                           seed=args.seed, face=args.face, strict_faces=args.strict_faces, crf=args.crf)
+                           seed=args.seed, face=args.face, strict_faces=args.strict_faces, crf=args.crf,
+                           length=args.length)
     report = run_batch(args.manifest, model=model, defaults=defaults, ray=ray, force=args.force,
                        progress=False if args.no_progress else None, in_flight=args.jobs_per_worker)
     from engine.cluster.fingerprint import FILE_MODE

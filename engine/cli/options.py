@@ -39,6 +39,15 @@ def add_generation_options(p) -> None:
     p.add_argument("--seed", type=int, help="random seed (default 1247, the official one)")
 
 
+def add_length_option(p) -> None:
+    """`--length` (engine run, engine batch): how long the output video is."""
+    from engine.pipeline.config import DEFAULT_LENGTH, LENGTH_POLICIES
+
+    p.add_argument("--length", default=DEFAULT_LENGTH, choices=list(LENGTH_POLICIES),
+                   help="output length: audio = as long as the speech (default), official = N//2+2 frames "
+                        "(80 ms longer, as the official pipeline)")
+
+
 def generation_settings(args: argparse.Namespace):
     """The SyncConfig that `add_generation_options` flags ask for."""
     from engine.pipeline.config import resolve_config

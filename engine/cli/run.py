@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.cli.options import add_generation_options, add_model_options
+from engine.cli.options import add_generation_options, add_length_option, add_model_options
 
 
 def register(subparsers) -> None:
@@ -16,8 +16,7 @@ def register(subparsers) -> None:
     add_generation_options(p)
     p.add_argument("--strict-faces", action="store_true", help="fail if any frame has no face (default: pass through)")
     p.add_argument("--crf", type=int, default=18, help="x264 quality (lower is better; default 18)")
-    p.add_argument("--length", default="audio", choices=["audio", "official"],
-                   help="output length: audio = as long as the speech (default), official = N//2+2 frames (80 ms longer)")
+    add_length_option(p)
     p.add_argument("--report", help="write a JSON report (timings per stage, frame counts, no-face ranges)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)

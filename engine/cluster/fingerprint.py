@@ -55,7 +55,7 @@ def job_fingerprint(job: BatchJob, model: ModelOptions, hashes: ContentHashes) -
     return {
         "inputs": inputs,
         "settings": {**model.identity(), "config": asdict(settings.sync_config()), "face": face,
-                     "strict_faces": settings.strict_faces, "crf": settings.crf},
+                     "strict_faces": settings.strict_faces, "crf": settings.crf, "length": settings.length},
     }
 
 

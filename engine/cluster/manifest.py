@@ -1,7 +1,7 @@
 """A batch manifest: one job per line (JSONL or CSV), every line validated before any work starts.
 
 Keys: `video`, `audio`, `output` (required) and the settings `engine run` names `preset`, `steps`,
-`guidance`, `deepcache`, `seed`, `face`, `strict_faces` (or `strict-faces`), `crf`; optionally `id`
+`guidance`, `deepcache`, `seed`, `face`, `strict_faces` (or `strict-faces`), `crf`, `length`; optionally `id`
 (a name for the report). Relative paths are relative to the manifest's folder, so a manifest means
 the same from any working directory. CSV needs a header row; an empty cell leaves a setting unset.
 
@@ -19,14 +19,14 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from engine.constants import FPS
+from engine.constants import FPS, SAMPLE_RATE
 from engine.errors import EngineError, InvalidInputError
 from engine.media.paths import VIDEO_SUFFIXES
-from engine.pipeline.config import SyncConfig, resolve_config
+from engine.pipeline.config import DEFAULT_LENGTH, LENGTH_POLICIES, SyncConfig, output_frame_count, resolve_config
 
 PATH_KEYS = ("video", "audio", "output")
 INT_SETTINGS = ("steps", "deepcache", "seed", "crf")
-SETTING_KEYS = ("preset", "steps", "guidance", "deepcache", "seed", "face", "strict_faces", "crf")
+SETTING_KEYS = ("preset", "steps", "guidance", "deepcache", "seed", "face", "strict_faces", "crf", "length")
 KEY_ALIASES = {"strict-faces": "strict_faces"}
 KNOWN_KEYS = ("id", *PATH_KEYS, *SETTING_KEYS)
 OUTPUT_SUFFIXES = VIDEO_SUFFIXES  # what the mp4 writer produces
@@ -48,6 +48,7 @@ class JobSettings:
     face: str = "auto"  # auto | insightface | mediapipe | a face-track JSON path
     strict_faces: bool = False
     crf: int = 18
+    length: str = DEFAULT_LENGTH  # audio: as long as the speech; official: the official frame count
 
     def sync_config(self) -> SyncConfig:
         """The SyncConfig `engine run` builds from the same options (raises InvalidInputError when out of range)."""
@@ -60,6 +61,8 @@ class JobSettings:
         self.sync_config()
         if not (isinstance(self.crf, int) and 0 <= self.crf <= MAX_CRF):
             raise InvalidInputError(f"crf: expected an int in 0..{MAX_CRF}, found {self.crf!r}")
+        if self.length not in LENGTH_POLICIES:
+            raise InvalidInputError(f"length: expected one of {LENGTH_POLICIES}, found {self.length!r}")
         if self.face not in FACE_NAMES and not Path(self.face).is_file():
             raise InvalidInputError(f"face: expected one of {FACE_NAMES} or an existing face-track JSON file, "
                                     f"found {self.face!r}")
@@ -216,9 +219,9 @@ def _resolve(path: str, base: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- checks
-def check_job_paths(video: Path, audio: Path, output: Path, probes: dict) -> int | None:
+def check_job_paths(video: Path, audio: Path, output: Path, probes: dict) -> float:
     """Every check a job's files allow before any model loads (as `engine run` makes them); returns the
-    frame estimate (from the audio's duration).
+    speech's duration in seconds (0 when unknown).
 
     `engine.media.preflight` demuxes the video's packets and decodes the whole audio track; its verdict per
     (video, audio) pair is kept in `probes`, so a video dubbed into many languages is read once. The output
@@ -236,8 +239,15 @@ def check_job_paths(video: Path, audio: Path, output: Path, probes: dict) -> int
     if isinstance(probes[key], EngineError):
         raise probes[key]
     check_output(output, inputs=(("video", video), ("audio", audio)), suffixes=OUTPUT_SUFFIXES)
-    duration = probes[key]
-    return round(duration * FPS) + 2 if duration > 0 else None  # the official count is about 25/s + 2
+    return probes[key]
+
+
+def frames_estimate(duration_s: float, length: str) -> int | None:
+    """The frames a job of `duration_s` seconds of speech will output (for progress bars); None when unknown."""
+    if duration_s <= 0:
+        return None
+    official = round(duration_s * FPS) + 2  # the official count is about 25/s + 2
+    return output_frame_count(official, round(duration_s * SAMPLE_RATE), length)
 
 
 def load_manifest(path: str | os.PathLike, defaults: JobSettings = JobSettings()) -> list[BatchJob]:
@@ -288,10 +298,10 @@ def _validate_line(number: int, record: dict, defaults: JobSettings, base: Path,
         settings.check()
     except InvalidInputError as exc:
         problems.add(number, str(exc))
-    estimate = None
+    duration = 0.0
     if len(paths) == len(PATH_KEYS):
         try:
-            estimate = check_job_paths(paths["video"], paths["audio"], paths["output"], probes)
+            duration = check_job_paths(paths["video"], paths["audio"], paths["output"], probes)
         except EngineError as exc:
             problems.add(number, f"{type(exc).__name__}: {exc}")
     if number in problems.lines or settings is None:
@@ -299,7 +309,7 @@ def _validate_line(number: int, record: dict, defaults: JobSettings, base: Path,
     job_id = record.get("id")
     return BatchJob(line=number, id=str(job_id) if job_id not in (None, "") else f"line {number}",
                     video=str(paths["video"]), audio=str(paths["audio"]), output=str(paths["output"]),
-                    settings=settings, frames_estimate=estimate)
+                    settings=settings, frames_estimate=frames_estimate(duration, settings.length))
 
 
 def _check_across_lines(jobs: list[BatchJob], problems: _Problems) -> None:
