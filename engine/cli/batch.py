@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from engine.cli.options import add_generation_options, add_length_option, add_model_options
+from engine.cluster.serving import add_ray_resource_options
 from engine.errors import InvalidInputError
 
 
@@ -33,8 +34,7 @@ def register(subparsers) -> None:
                      help="run on Ray: local (a private cluster for this run), auto or ray://HOST:PORT (an existing "
                           "one); without ADDRESS, Ray's default (RAY_ADDRESS or a running cluster, else a new one)")
     run.add_argument("--workers", type=int, help="Ray actors (default: one per GPU, else one per --num-cpus CPUs)")
-    run.add_argument("--num-gpus", type=float, help="GPUs per Ray actor (default 1 where the cluster has GPUs, else 0)")
-    run.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per Ray actor (default 1)")
+    add_ray_resource_options(run, "actor")
     run.add_argument("--jobs-per-worker", type=int, default=2,
                      help="jobs a worker (or this process) holds at once for its engine core to batch (default 2)")
     run.add_argument("--max-attempts", type=int, default=3,

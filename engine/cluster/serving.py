@@ -78,8 +78,13 @@ def add_ray_options(p: argparse.ArgumentParser) -> None:
                    help="serve on Ray (Serve ingress + one replica per GPU): local, auto or ray://HOST:PORT; without "
                         "ADDRESS, Ray's default. --max-sessions is then per replica")
     g.add_argument("--replicas", type=int, help="replicas (default: one per GPU, else one per --num-cpus CPUs)")
-    g.add_argument("--num-gpus", type=float, help="GPUs per replica (default 1 where the cluster has GPUs, else 0)")
-    g.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica (default 1)")
+    add_ray_resource_options(g, "replica")
+
+
+def add_ray_resource_options(g, unit: str) -> None:
+    """`--num-gpus` / `--num-cpus` per Ray `unit` (actor of `engine batch`, replica of `engine serve`)."""
+    g.add_argument("--num-gpus", type=float, help=f"GPUs per Ray {unit} (default 1 where the cluster has GPUs, else 0)")
+    g.add_argument("--num-cpus", type=float, default=1.0, help=f"CPUs per Ray {unit} (default 1)")
 
 
 def spec_from_args(args: argparse.Namespace) -> ServeSpec:
