@@ -22,7 +22,7 @@ from pathlib import Path
 from engine.constants import FPS, SAMPLE_RATE
 from engine.errors import EngineError, InvalidInputError
 from engine.media.paths import VIDEO_SUFFIXES
-from engine.pipeline.config import DEFAULT_LENGTH, LENGTH_POLICIES, SyncConfig, output_frame_count, resolve_config
+from engine.pipeline.config import DEFAULT_LENGTH, SyncConfig, check_length, output_frame_count, resolve_config
 
 PATH_KEYS = ("video", "audio", "output")
 INT_SETTINGS = ("steps", "deepcache", "seed", "crf")
@@ -61,8 +61,7 @@ class JobSettings:
         self.sync_config()
         if not (isinstance(self.crf, int) and 0 <= self.crf <= MAX_CRF):
             raise InvalidInputError(f"crf: expected an int in 0..{MAX_CRF}, found {self.crf!r}")
-        if self.length not in LENGTH_POLICIES:
-            raise InvalidInputError(f"length: expected one of {LENGTH_POLICIES}, found {self.length!r}")
+        check_length(self.length)
         if self.face not in FACE_NAMES and not Path(self.face).is_file():
             raise InvalidInputError(f"face: expected one of {FACE_NAMES} or an existing face-track JSON file, "
                                     f"found {self.face!r}")

@@ -15,10 +15,15 @@ LENGTH_POLICIES = ("audio", "official")
 DEFAULT_LENGTH = "audio"
 
 
+def check_length(length: str, what: str = "length") -> None:
+    """InvalidInputError unless `length` is a known output-length policy (the one check every front end calls)."""
+    expect(length in LENGTH_POLICIES, InvalidInputError, what, f"one of {LENGTH_POLICIES}", repr(length))
+
+
 def output_frame_count(official_frames: int, num_samples: int, length: str = DEFAULT_LENGTH) -> int:
     """Frames to output: the official count, or the speech's length in 25 fps frames (rounded up, so no
     speech is cut; never more than the official count, whose chunk layout is kept so frames do not change)."""
-    expect(length in LENGTH_POLICIES, InvalidInputError, "length", f"one of {LENGTH_POLICIES}", repr(length))
+    check_length(length)
     if length == "official":
         return official_frames
     return max(1, min(official_frames, -(-num_samples // SAMPLES_PER_FRAME)))

@@ -14,7 +14,7 @@ import numpy as np
 
 from engine.constants import FPS, SAMPLE_RATE
 from engine.errors import InvalidInputError, NoFaceError, expect
-from engine.pipeline.config import DEFAULT_LENGTH, LENGTH_POLICIES, SyncConfig, resolve_config
+from engine.pipeline.config import DEFAULT_LENGTH, SyncConfig, check_length, resolve_config
 from engine.pipeline.core import AudioPlan, LipSyncCore, OutputFrame, StageTimer
 from engine.pipeline.device import Placement, choose_placement
 from engine.pipeline.faces import make_landmark_source, needs_detector
@@ -207,7 +207,7 @@ class LipSync:
         is full (EnginePolicy.max_queued_jobs).
         """
         config = config if config is not None else resolve_config("reference")
-        expect(length in LENGTH_POLICIES, InvalidInputError, "length", f"one of {LENGTH_POLICIES}", repr(length))
+        check_length(length)
         audio, output = checked_inputs(video, audio, output)  # typed errors now, before any work is queued
         stages = _SyncJob(self, video, audio, output, config=config, face=face if face is not None else self.face,
                           strict_faces=strict_faces, crf=crf, progress=progress, length=length, deadline=deadline)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from engine.constants import FPS
 from engine.errors import InvalidInputError, expect
-from engine.pipeline.config import DEFAULT_LENGTH, LENGTH_POLICIES, SyncConfig, resolve_config
+from engine.pipeline.config import DEFAULT_LENGTH, SyncConfig, check_length, resolve_config
 
 MODES = ("utterance", "live")
 IDLE_POLICIES = ("passthrough", "silence")
@@ -39,8 +39,7 @@ class StreamConfig:
                f"0..{MAX_LOOKAHEAD_MS:g}", self.lookahead_ms)
         expect(self.idle in IDLE_POLICIES, InvalidInputError, "stream idle", f"one of {IDLE_POLICIES}",
                repr(self.idle))
-        expect(self.length in LENGTH_POLICIES, InvalidInputError, "stream length", f"one of {LENGTH_POLICIES}",
-               repr(self.length))
+        check_length(self.length, "stream length")
         expect(self.max_queued_seconds > 0, InvalidInputError, "stream max_queued_seconds", "> 0",
                self.max_queued_seconds)
         expect(self.max_output_frames >= 1, InvalidInputError, "stream max_output_frames", ">= 1",
