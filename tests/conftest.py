@@ -62,6 +62,31 @@ def _no_insightface_download() -> None:
     record.write_text(json.dumps({"time": time.time(), "reason": "tests never download the InsightFace pack"}))
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failure caused by an ImportError says which package it came from (an upstream release, or a shadow)."""
+    outcome = yield
+    if call.excinfo is not None:
+        _add_import_origin(outcome.get_result(), call.excinfo.value)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
+    call = getattr(report, "call", None)  # pytest keeps the CallInfo on the report until after this hook
+    if report.failed and call is not None and call.excinfo is not None:
+        _add_import_origin(report, call.excinfo.value)
+
+
+def _add_import_origin(report, exc: BaseException) -> None:
+    from engine.shadowing import explain_import_error
+
+    origin = explain_import_error(exc)
+    if origin:
+        report.sections.append(("import error origin", origin))
+
+
 def pytest_unconfigure(config):
     for name, value in _SAVED_ENV.items():
         if value is None:

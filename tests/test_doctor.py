@@ -52,3 +52,17 @@ def test_extras_tiny_random_and_face_models_are_reported(capsys, monkeypatch, en
     assert set(report["extras"]) >= {"cpu", "gpu", "trt", "face", "serve", "plot", "ray"}
     assert report["extras"]["serve"]["present"] is False
     assert report["models"]["engine_cache"] == str(engine_cache)
+
+
+def test_a_folder_shadowing_an_installed_package_is_reported(capsys, monkeypatch, tmp_path):
+    pytest.importorskip("kernels")  # Hugging Face's kernel hub, installed with transformers
+    monkeypatch.chdir(tmp_path)
+    assert "shadowed packages: none" in _doctor(capsys)
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "__init__.py").write_text("")
+    text = _doctor(capsys)
+    assert "shadowed packages: 1" in text
+    line = next(line for line in text.splitlines() if "WARNING" in line)
+    assert str(tmp_path / "kernels") in line and "site-packages" in line and "'kernels' (kernels " in line
+    report = json.loads(_doctor(capsys, "--json"))
+    assert report["shadowed_packages"][0]["folder"] == str(tmp_path / "kernels")

@@ -60,7 +60,18 @@ def collect() -> dict:
     report["offline"] = _offline()
     report["models"] = _models()
     report["face_models"] = _face_models()
+    report["shadowed_packages"] = _shadowed()
     return report
+
+
+def _shadowed() -> list[dict]:
+    """Installed packages hidden by a folder or module in the working directory (Python puts it first on the path)."""
+    from pathlib import Path
+
+    from engine.shadowing import shadows_in
+
+    return [{"name": s.name, "folder": str(s.folder), "distribution": s.distribution, "version": s.version,
+             "installed": s.installed, "message": s.describe()} for s in shadows_in(Path.cwd())]
 
 
 def _onnxruntime(cuda: dict) -> dict:
@@ -210,4 +221,8 @@ def _run(args: argparse.Namespace) -> int:
     print("face models:")
     for name, state in report["face_models"].items():
         print(f"  {name}: {state}")
+    shadows = report["shadowed_packages"]
+    print(f"shadowed packages: {'none' if not shadows else len(shadows)}")
+    for shadow in shadows:
+        print(f"  WARNING {shadow['message']}")
     return 0

@@ -1,1 +1,0 @@
-"""Custom GPU kernels, each with a plain PyTorch reference implementation."""
