@@ -17,6 +17,8 @@ class StreamFrame:
     shown). Two flags say how it was made when it is not the usual: `dropped` (a speech or silence
     slot whose chunk missed its deadline: the source frame passed through, no lip sync) and `held`
     (an idle frame repeating the last frame shown while an utterance's first chunk is being made).
+    `audio` is the frame's own slot of speech (`SAMPLES_PER_FRAME` samples), for players that play the
+    session's audio with its video rather than the original speech.
     """
 
     index: int  # position on the session's 25 frames/s output timeline
@@ -31,6 +33,9 @@ class StreamFrame:
     source_index: int  # the source (or avatar) frame it was made from, ping-pong aware
     dropped: bool = False  # its chunk was dropped for its deadline: the source frame, passed through
     held: bool = False  # a repeat of the previous frame (the timeline keeps going while a chunk is made)
+    # the speech this frame shows, float32 [640] at 16 kHz (zeros for idle frames and past the end of the speech):
+    # playing every frame's `audio` in order keeps sound and picture in lock-step, interruptions included
+    audio: np.ndarray | None = None
 
     @property
     def time_s(self) -> float:

@@ -12,12 +12,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from engine.constants import FPS
+from engine.constants import FPS, SAMPLES_PER_FRAME
 from engine.stream.frame import StreamFrame
 
 POLL_S = 0.05  # how often blocked waits re-check for close()
 IDLE_MIN_WAIT_S = 0.005  # idle frame due but the consumer has not taken the last one yet
 IDLE_MAX_WAIT_S = 0.5
+SILENT_FRAME = np.zeros(SAMPLES_PER_FRAME, np.float32)  # the audio of a frame without speech
+SILENT_FRAME.flags.writeable = False
 
 
 class FrameOutput:
@@ -35,11 +37,12 @@ class FrameOutput:
 
     def emit(self, rgb: np.ndarray, kind: str, utterance: int | None, utterance_frame: int | None,
              has_face: bool, source_index: int, *, audio_time_s: float | None = None, final: bool = False,
-             dropped: bool = False, held: bool = False) -> None:
+             dropped: bool = False, held: bool = False, audio: np.ndarray | None = None) -> None:
         now = time.time()
         frame = StreamFrame(index=self.emitted, audio_time_s=audio_time_s, wall_time=now, rgb=rgb, kind=kind,
                             utterance=utterance, utterance_frame=utterance_frame, final=final, has_face=has_face,
-                            source_index=source_index, dropped=dropped, held=held)
+                            source_index=source_index, dropped=dropped, held=held,
+                            audio=SILENT_FRAME if audio is None else audio)
         self.emitted += 1
         self.held += held
         self.last = frame
@@ -74,6 +77,19 @@ class FrameOutput:
         if not realtime:
             return IDLE_MAX_WAIT_S
         return min(IDLE_MAX_WAIT_S, max(IDLE_MIN_WAIT_S, self.next_due - time.time()))
+
+    def drop_queued(self) -> int:
+        """Barge-in: drop the frames the consumer has not taken yet (their indices stay skipped) and restart
+        the timeline from now, so idle frames follow at once; returns how many were dropped."""
+        dropped = 0
+        try:
+            while True:
+                self._queue.get_nowait()
+                dropped += 1
+        except queue.Empty:
+            pass
+        self.next_due = min(self.next_due, time.time())
+        return dropped
 
     def discard(self) -> None:
         try:

@@ -42,6 +42,7 @@ class RenderedChunk:
     on_timeline: bool  # its first frame has a fixed slot (it follows frames already on their way)
     started: float = field(default_factory=time.perf_counter)  # when making it began (features included)
     emitted: int = 0  # frames of it emitted so far
+    audio: object | None = None  # speech chunks: the samples its shown frames show, float32 [frames*640]
 
     @property
     def frames(self) -> int:

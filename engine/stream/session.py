@@ -29,6 +29,7 @@ public API and the worker loop that decides what to make next.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -87,6 +88,7 @@ class StreamSession:
         self._maker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lipsync-stream-make")
         self._making: Future | None = None  # the chunk being made (one at a time: chunks of a session are in order)
         self._last_utterance: Utterance | None = None  # the utterance of the last speech frame emitted
+        self._cancel_interrupted = False  # a barge-in happened: the worker drops the session's queued chunks
         self._error: BaseException | None = None
         self._stopped = False  # the worker has stopped
         self.first_frame_latency_s: list[float] = []
@@ -117,6 +119,28 @@ class StreamSession:
         with self.speech.cond:
             self._raise_if_unusable()
             self.speech.end_current()
+
+    def interrupt(self) -> dict:
+        """Barge-in: drop the queued speech, the chunks queued on the core (`cancel_job`; a chunk already on the
+        device finishes and is discarded) and the frames not yet taken; idle frames follow within one chunk
+        and the next pushed speech starts a new utterance, made exactly as in a fresh session.
+
+        Returns what was dropped: {"samples", "chunks", "frames"}.
+        """
+        with self.speech.cond:
+            self._raise_if_unusable()
+            samples = self.speech.interrupt()
+            chunks = len(self.in_flight)
+            for chunk in self.in_flight:
+                if chunk.utterance is not None:
+                    chunk.utterance.interrupted = True
+            self.in_flight.clear()  # never collected: the core finishes a running one and nobody waits for it
+            self._last_utterance = None
+            self._cancel_interrupted = True
+            frames = self.output.drop_queued()
+            self.speech.cond.notify_all()
+        log.info("stream interrupted: dropped %d queued samples, %d chunks, %d frames", samples, chunks, frames)
+        return {"samples": samples, "chunks": chunks, "frames": frames}
 
     def finish(self) -> None:
         """No more speech: the queued utterances are completed, then the worker stops and iteration ends."""
@@ -256,6 +280,9 @@ class StreamSession:
     def _choose(self) -> Callable[[], None] | None:
         """Under the speech lock: start making the next speech chunk (on the maker thread), then pick what
         the worker does: emit a finished chunk, else an idle (or held) frame; None to wait."""
+        if self._cancel_interrupted:  # here, on the worker: it is the only thread that waits on idle chunks
+            self._cancel_interrupted = False
+            return self._drop_interrupted
         if self._making is not None and self._making.done():
             making, self._making = self._making, None
             if making.exception() is not None:
@@ -266,7 +293,7 @@ class StreamSession:
             self._making = self._maker.submit(self._make_speech, utt)
             self._making.add_done_callback(lambda _: self._wake())
         if self.in_flight and self.in_flight[0].done():
-            return self._emit_chunk
+            return functools.partial(self._emit_chunk, self.in_flight[0])  # interrupt() may empty in_flight
         if self.config.realtime and not self.speech.finishing and not self._speaking() and self.output.idle_due():
             if not self.in_flight and self._making is None:
                 return self._make_idle
@@ -299,27 +326,33 @@ class StreamSession:
     def _make_speech(self, utt: Utterance) -> None:
         """On the maker thread: features, source items and queueing of the next chunk of `utt`."""
         samples, ended = self.speech.snapshot(utt)
+        first = utt.submitted - utt.trimmed_frames  # the chunk's first frame within `samples`
         chunk = self.renderer.speech_chunk(utt, samples, ended, self._timeline)
         if chunk is None:
             return
+        chunk.audio = frame_audio(samples, first, chunk.frames)
         with self.speech.cond:
+            if utt.interrupted:  # barged in while it was being made: it leaves the core's queue, unseen
+                if chunk.pending is not None:
+                    chunk.pending.cancel()
+                return
             self.in_flight.append(chunk)
             utt.submitted += chunk.frames
             if self.config.mode == "live":
                 trim_finished_segment(utt, self.core.audio_encoder)
         chunk.when_done(self._wake)
 
-    def _emit_chunk(self) -> None:
-        chunk = self.in_flight[0]
-        frames, dropped = self.renderer.collect(chunk)
+    def _emit_chunk(self, chunk: RenderedChunk) -> None:
         utt = chunk.utterance
-        for out in frames:
-            if self.speech.closed:
-                return
+        frames, dropped = ([], False) if utt.interrupted else self.renderer.collect(chunk)
+        for j, out in enumerate(frames):
+            if self.speech.closed or utt.interrupted:
+                break
             k = out.index
             self.output.emit(out.rgb, "speech", utt.number, k, out.has_face, out.source_index,
                              audio_time_s=(utt.audio_offset + k * SAMPLES_PER_FRAME) / SAMPLE_RATE,
-                             final=utt.total is not None and k == utt.total - 1, dropped=dropped)
+                             final=utt.total is not None and k == utt.total - 1, dropped=dropped,
+                             audio=chunk.audio[j * SAMPLES_PER_FRAME:(j + 1) * SAMPLES_PER_FRAME])
             chunk.emitted += 1
             utt.emitted += 1
             self._last_utterance = utt
@@ -327,7 +360,11 @@ class StreamSession:
                 utt.first_frame_wall = time.time()
                 self.first_frame_latency_s.append(utt.first_frame_wall - utt.first_push)
         with self.speech.cond:
-            self.in_flight.popleft()
+            if self.in_flight and self.in_flight[0] is chunk:  # interrupt() may have emptied the queue already
+                self.in_flight.popleft()
+
+    def _drop_interrupted(self) -> None:
+        self.renderer.cancel()
 
     def _hold(self) -> None:
         out = self.idle.held(self.output.last, self.in_flight[0] if self.in_flight else None)
@@ -338,3 +375,12 @@ class StreamSession:
         frames, dropped = self.idle.next(due)
         for out in frames:
             self.output.emit(out.rgb, "idle", None, None, out.has_face, out.source_index, dropped=dropped)
+
+
+def frame_audio(samples: np.ndarray, first: int, frames: int) -> np.ndarray:
+    """The speech of `frames` frames from frame `first` of `samples` [n] float32: [frames*640], zero-padded past
+    the end of the speech (the last frame of an utterance as long as its speech)."""
+    out = np.zeros(frames * SAMPLES_PER_FRAME, np.float32)
+    part = samples[first * SAMPLES_PER_FRAME:(first + frames) * SAMPLES_PER_FRAME]
+    out[:part.size] = part
+    return out

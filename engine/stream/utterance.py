@@ -40,6 +40,7 @@ class Utterance:
         self.init_noise: torch.Tensor | None = None  # [1,4,1,h,w], shared by every frame
         self.first_frame_wall: float | None = None
         self.trimmed_frames = 0  # live: frames whose 30 s segments were dropped from the front of `pcm`
+        self.interrupted = False  # dropped by a barge-in (StreamSession.interrupt): its frames are never shown
 
     @property
     def fully_submitted(self) -> bool:
@@ -140,6 +141,17 @@ class SpeechQueue:
         with self.cond:
             self.closed = True
             self.cond.notify_all()
+
+    def interrupt(self) -> int:
+        """Barge-in: drop every utterance (ended and open); the next push opens a new one. Returns the
+        samples dropped that had not been turned into frames yet."""
+        with self.cond:
+            dropped = self.queued_samples()
+            for utt in self.utterances:
+                utt.interrupted = utt.ended = True
+            self.utterances.clear()
+            self.cond.notify_all()
+            return dropped
 
     def clear(self) -> None:
         with self.cond:
