@@ -37,6 +37,10 @@ EXTRAS: dict[str, Extra] = {
         Extra("serve", ("websockets",), "the WebSocket streaming server (engine serve)"),
         Extra("plot", ("matplotlib",), "PNG plots (engine bench, engine eval --sweep, benchmarks)"),
         Extra("ray", ("ray",), "batch and serving on a Ray cluster (engine batch --ray, engine serve --ray)"),
+        Extra("pipecat", ("pipecat",), "the Pipecat video service and the browser demo (engine demo)",
+              distributions=("pipecat-ai",)),
+        Extra("livekit", ("livekit",), "the LiveKit Agents avatar (engine avatar-worker)",
+              distributions=("livekit-agents",)),
     )
 }
 

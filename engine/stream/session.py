@@ -125,7 +125,8 @@ class StreamSession:
         device finishes and is discarded) and the frames not yet taken; idle frames follow within one chunk
         and the next pushed speech starts a new utterance, made exactly as in a fresh session.
 
-        Returns what was dropped: {"samples", "chunks", "frames"}.
+        Returns what was dropped, {"samples", "chunks", "frames"}, and "next_utterance": the number the next
+        utterance gets (a frame of a lower number that was already on its way to a consumer is stale).
         """
         with self.speech.cond:
             self._raise_if_unusable()
@@ -140,7 +141,7 @@ class StreamSession:
             frames = self.output.drop_queued()
             self.speech.cond.notify_all()
         log.info("stream interrupted: dropped %d queued samples, %d chunks, %d frames", samples, chunks, frames)
-        return {"samples": samples, "chunks": chunks, "frames": frames}
+        return {"samples": samples, "chunks": chunks, "frames": frames, "next_utterance": self.speech.next_number}
 
     def finish(self) -> None:
         """No more speech: the queued utterances are completed, then the worker stops and iteration ends."""

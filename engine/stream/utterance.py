@@ -83,6 +83,11 @@ class SpeechQueue:
         self.finishing = False  # no more speech: the worker completes the queue, then stops
         self._next_number = 0
 
+    @property
+    def next_number(self) -> int:
+        """The number the next utterance opened gets."""
+        return self._next_number
+
     def queued_samples(self) -> int:
         with self.cond:
             return sum(u.queued_samples for u in self.utterances)
