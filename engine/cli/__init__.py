@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES = (
     "eval",
     "avatar",
     "serve",
+    "avatar_worker",
     "convert",
     "doctor",
 )

@@ -34,6 +34,23 @@ def open_source(source):
     return source
 
 
+def source_size(source) -> tuple[int, int]:
+    """(width, height) of the frames a session over `source` shows (the source's own size)."""
+    from engine.stream.avatar import Avatar
+
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        source = Avatar(source)
+    if isinstance(source, Avatar):
+        return source.manifest.width, source.manifest.height
+    if isinstance(source, (str, Path)):
+        from engine.media import probe
+
+        video = probe(source, require_video=True).video
+        return video.width, video.height
+    frames = np.asarray(source)
+    return int(frames.shape[-2]), int(frames.shape[-3])
+
+
 class SessionBridge:
     """One `StreamSession` for one agent conversation; every method runs on the event loop's thread."""
 
