@@ -132,6 +132,9 @@ def test_clear_buffer_bad_input_and_the_next_utterance(sync, still, caplog):
         queue.flush()
         await generator.push_audio(_audio_frame(np.repeat(second, 2), SAMPLE_RATE, channels=2))  # not mono
         await generator.push_audio(_audio_frame(second, 4_000))  # sample rate out of range
+        await generator.push_audio(_audio_frame(second[:160], SAMPLE_RATE))  # 10 ms: too short to show
+        await generator.push_audio(AudioSegmentEnd())  # ... its segment still ends (the agent is not left waiting)
+        early = await asyncio.wait_for(_until_segment_end(frames, []), 300)
         for piece in np.array_split(second, 2):
             await generator.push_audio(_audio_frame(piece, SAMPLE_RATE))
         await generator.push_audio(AudioSegmentEnd())
@@ -139,16 +142,17 @@ def test_clear_buffer_bad_input_and_the_next_utterance(sync, still, caplog):
         feeder.cancel()
         await generator.aclose()  # the client went away: iteration ends, nothing left running
         rest = [item async for item in frames]
-        return after, rest, generator
+        return early + after, rest, generator
 
     after, rest, generator = asyncio.run(main())
+    assert sum(isinstance(f, AudioSegmentEnd) for f in after) == 2
     assert rest == [] and generator.session is None
     video = [f for f in after if isinstance(f, rtc.VideoFrame)]
     audio = [f for f in after if isinstance(f, rtc.AudioFrame)]
     # the first item may be the speech of the frame shown just before the barge-in (a frame keeps its audio)
     assert len(audio) == len(video) + isinstance(after[0], rtc.AudioFrame)
-    assert len(video) <= 8 + 1 + 8  # stale frames: at most about one chunk
+    assert len(video) <= 8 + 1 + 8  # stale frames: at most about one chunk, then the 8 of the next utterance
     played = np.concatenate([np.frombuffer(a.data, np.int16) for a in audio[-8:]])
     assert np.array_equal(played[:SHORT], second) and not played[SHORT:].any()
     logged = caplog.text
-    assert "mono" in logged and "sample rate" in logged  # typed errors, logged; the avatar kept going
+    assert "mono" in logged and "sample rate" in logged and "20 ms" in logged  # logged; the avatar kept going

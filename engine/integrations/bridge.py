@@ -110,10 +110,12 @@ class SessionBridge:
         return dropped
 
     def _stale(self, frame) -> bool:
-        return frame.kind == "speech" and frame.utterance < self._first_live_utterance
+        return (isinstance(frame, StreamFrame) and frame.kind == "speech"
+                and frame.utterance < self._first_live_utterance)
 
     async def next_frame(self) -> StreamFrame | None:
-        """The next frame to show (interrupted utterances' frames skipped); None once the session finished."""
+        """The next frame to show (interrupted utterances' frames skipped), or a marker an integration queued
+        itself (`put_marker`); None once the session finished."""
         while True:
             frame = await self.frames.get()
             if frame is _END:
@@ -121,6 +123,10 @@ class SessionBridge:
                 return None
             if not self._stale(frame):
                 return frame
+
+    def put_marker(self, marker) -> None:
+        """Queue `marker` after the frames delivered so far (e.g. the end of an utterance that had no frames)."""
+        self.frames.put_nowait(marker)
 
     async def finish(self) -> None:
         """Complete the utterance in flight and the queued speech, then end the frames (`next_frame` -> None)."""

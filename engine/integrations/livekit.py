@@ -65,7 +65,7 @@ class LatentSyncVideoGenerator(VideoGenerator):
                 self._bridge.end_utterance()
             except InvalidInputError as exc:  # too short to show: the segment still ends, at once
                 log.error("lip-sync avatar: %s", exc)
-                self._bridge.frames.put_nowait(AudioSegmentEnd())
+                self._bridge.put_marker(AudioSegmentEnd())
             return
         try:
             self._bridge.push(frame.data, frame.sample_rate, frame.num_channels)
