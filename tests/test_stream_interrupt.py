@@ -15,7 +15,7 @@ import pytest
 from engine.constants import SAMPLES_PER_FRAME
 from stream_helpers import SOURCE_FRAMES, demo1_inputs, fast_settings, micro_sync
 
-SPEECH_SAMPLES = 14_400  # 0.9 s -> 23 frames (length "audio")
+SPEECH_SAMPLES = 8_000  # 0.5 s -> 13 frames (length "audio")
 CHUNK = 8
 
 
@@ -55,7 +55,7 @@ def fresh(sync, still):
 
 def test_each_frame_carries_its_own_speech(fresh, still):
     speech = still[2]
-    assert len(fresh) == -(-speech.size // SAMPLES_PER_FRAME) == 23
+    assert len(fresh) == -(-speech.size // SAMPLES_PER_FRAME) == 13
     assert all(f.audio.dtype == np.float32 and f.audio.shape == (SAMPLES_PER_FRAME,) for f in fresh)
     joined = np.concatenate([f.audio for f in fresh])
     assert np.array_equal(joined[:speech.size], speech)
@@ -78,8 +78,8 @@ def test_interrupt_mid_utterance_then_new_utterance_equals_a_fresh_session(sync,
     stale = [f for f in rest if f.utterance == 0]
     assert len(stale) <= 1  # at most the frame being handed over when the interruption came
     new = [f for f in rest if f.utterance == 1]
-    assert len(new) == len(fresh) == 23
-    assert [f.utterance_frame for f in new] == list(range(23)) and new[-1].final
+    assert len(new) == len(fresh) == 13
+    assert [f.utterance_frame for f in new] == list(range(13)) and new[-1].final
     assert np.array_equal(np.stack([f.rgb for f in new]), np.stack([f.rgb for f in fresh]))
     assert np.array_equal(np.concatenate([f.audio for f in new]), np.concatenate([f.audio for f in fresh]))
     assert session.stats["frames_emitted"] < 90  # the interrupted utterance's remaining chunks were never made
