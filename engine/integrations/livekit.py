@@ -60,6 +60,9 @@ class LatentSyncVideoGenerator(VideoGenerator):
                              audio_sample_rate=SAMPLE_RATE, audio_channels=1)
 
     async def push_audio(self, frame: rtc.AudioFrame | AudioSegmentEnd) -> None:
+        if self._bridge.session is None:
+            log.error("lip-sync avatar: audio after the generator was closed (or before start()): dropped")
+            return
         if isinstance(frame, AudioSegmentEnd):
             try:
                 self._bridge.end_utterance()
@@ -74,8 +77,12 @@ class LatentSyncVideoGenerator(VideoGenerator):
 
     def clear_buffer(self) -> None:
         """Barge-in: queued speech and frames are dropped; idle frames follow within one chunk."""
-        if self._bridge.session is not None:
+        if self._bridge.session is None:
+            return
+        try:
             log.info("lip-sync avatar interrupted: %s", self._bridge.interrupt())
+        except EngineError as exc:  # the session failed or closed meanwhile: nothing left to clear
+            log.error("lip-sync avatar: clear_buffer: %s: %s", type(exc).__name__, exc)
 
     def __aiter__(self) -> AsyncIterator[rtc.VideoFrame | rtc.AudioFrame | AudioSegmentEnd]:
         return self._frames()

@@ -89,11 +89,17 @@ class LatentSyncVideoService(FrameProcessor):
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if isinstance(frame, StartFrame):
-            await self._bridge.start()
+            try:
+                await self._bridge.start()
+            except EngineError as exc:  # a source or model that cannot serve: nothing can be lip-synced
+                log.error("lip-sync: cannot start: %s: %s", type(exc).__name__, exc)
+                await self.push_error(f"lip-sync: cannot start: {exc}", exception=exc, fatal=True)
+                return
             self._pusher = self.create_task(self._push_video(), name="latentsync-video")
             await self.push_frame(frame, direction)
         elif isinstance(frame, TTSAudioRawFrame):
-            self._guard(self._bridge.push, frame.audio, frame.sample_rate, frame.num_channels)
+            if self._bridge.session is not None:
+                self._guard(self._bridge.push, frame.audio, frame.sample_rate, frame.num_channels)
         elif isinstance(frame, TTSStartedFrame):
             self._guard(self._bridge.end_utterance)  # audio without a TTSStoppedFrame before: its own utterance
             await self.push_frame(frame, direction)
@@ -102,8 +108,7 @@ class LatentSyncVideoService(FrameProcessor):
             await self.push_frame(frame, direction)
         elif isinstance(frame, (InterruptionFrame, UserStartedSpeakingFrame)):
             if self._bridge.session is not None:
-                dropped = self._bridge.interrupt()
-                log.info("lip-sync interrupted: %s", dropped)
+                self._guard(lambda: log.info("lip-sync interrupted: %s", self._bridge.interrupt()))
             await self.push_frame(frame, direction)
         elif isinstance(frame, EndFrame):
             await self._finish()
