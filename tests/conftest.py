@@ -201,3 +201,18 @@ def media() -> Path:
     if not MEDIA.is_dir():
         pytest.skip(f"test media not found at {MEDIA}")
     return MEDIA
+
+
+@pytest.fixture(scope="session")
+def tiny_random_onnx(tmp_path_factory) -> Path:
+    """`engine export --model tiny-random --out DIR --device cpu`, run once per test run (about 30 s of dynamo
+    exports on an idle 2-core machine) and shared read-only by the export and backend tests; copy files before
+    changing them. It runs in a private engine cache so the folder it registers does not opt the run's other tests
+    into artifacts (`--backend auto` would pick them)."""
+    from engine.cli import main
+
+    out = tmp_path_factory.mktemp("tiny-random-onnx")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ENGINE_CACHE_ENV, str(tmp_path_factory.mktemp("export-engine-cache")))
+        assert main(["export", "--model", "tiny-random", "--out", str(out), "--device", "cpu"]) == 0
+    return out
