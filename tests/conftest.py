@@ -210,9 +210,16 @@ def tiny_random_onnx(tmp_path_factory) -> Path:
     changing them. It runs in a private engine cache so the folder it registers does not opt the run's other tests
     into artifacts (`--backend auto` would pick them)."""
     from engine.cli import main
+    from engine.weights import engine_cache_dir
+    from engine.weights.tiny import ensure_tiny_random
 
+    # The same tiny-random files as the run's (exports are keyed to the checkpoint files' digests, and a second
+    # generation of tiny-random does not reproduce the U-Net checkpoint byte for byte).
+    model = ensure_tiny_random()
+    private = tmp_path_factory.mktemp("export-engine-cache")
+    shutil.copytree(model, private / model.relative_to(engine_cache_dir()))
     out = tmp_path_factory.mktemp("tiny-random-onnx")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(ENGINE_CACHE_ENV, str(tmp_path_factory.mktemp("export-engine-cache")))
+        patch.setenv(ENGINE_CACHE_ENV, str(private))
         assert main(["export", "--model", "tiny-random", "--out", str(out), "--device", "cpu"]) == 0
     return out

@@ -15,7 +15,7 @@ def inputs(golden):
     return frames, data["audio_16k"].numpy()[:5120], data["landmarks3"].numpy()[:8]
 
 
-def test_onnxruntime_backend_matches_torch_end_to_end(inputs, tiny_random_onnx, tmp_path, monkeypatch):
+def test_onnxruntime_backend_matches_torch_end_to_end(inputs, tiny_random_onnx, tmp_path):
     import shutil
 
     from engine.backends import EngineConfig
@@ -23,8 +23,8 @@ def test_onnxruntime_backend_matches_torch_end_to_end(inputs, tiny_random_onnx, 
     from engine.pipeline.faces import LandmarkArraySource
     from engine.pipeline.sdk import LipSync
 
-    monkeypatch.setenv("LATENTSYNC_ENGINE_CACHE", str(tmp_path / "cache"))
-    # this run's `engine export` of tiny-random (conftest.tiny_random_onnx), copied: current files are reused
+    # this run's `engine export` of tiny-random (conftest.tiny_random_onnx), copied: its files are current for the
+    # run's tiny-random, so nothing is exported again and nothing is written into the engine cache
     artifacts = shutil.copytree(tiny_random_onnx, tmp_path / "artifacts")
     frames, audio, landmarks = inputs
     settings = dict(steps=2, guidance=1.5, deepcache=2, seed=3, length="official")
