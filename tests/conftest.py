@@ -9,6 +9,12 @@ needs them; set `LATENTSYNC_TEST_FACE_MODELS=DIR` to copy them from a folder tha
 (a fixture cache: the layout of `<cache>/models`, e.g. an earlier run's or `~/.cache/latentsync-engine/models`).
 The InsightFace pack is never downloaded: `--face auto` falls back to mediapipe in tests (see
 `_no_insightface_download`); InsightFace tests use small ONNX models of the same interface.
+
+Hermetic run folder: every other cache and temporary file of the run lives in the same folder too (see
+`_redirect_caches` and docs/testing.md): pytest's `tmp_path` (basetemp), `tempfile` (TMPDIR), Ray's session folders
+(RAY_TMPDIR), `$HOME` itself (Ray's `~/.ray/auth_token`, anything else that writes under the home folder),
+XDG cache/config/data folders, matplotlib, torch (hub, inductor), Triton and Hypothesis' example database. So a
+run leaves `$HOME`, `/tmp` and the checkout as it found them (tests/test_hermetic.py and `.ci/run` check it).
 """
 
 from __future__ import annotations
@@ -37,16 +43,60 @@ def _set_env(name: str, value: str) -> None:
     os.environ[name] = value
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     """Point every cache at a private folder before test modules (and huggingface_hub) are imported."""
     global _RUN_CACHE
-    _RUN_CACHE = Path(tempfile.mkdtemp(prefix="latentsync-engine-tests-"))
+    seed = os.environ.get(FACE_FIXTURE_ENV)
+    seed_dir = Path(seed).expanduser() if seed else None  # before $HOME moves
+    _RUN_CACHE = Path(tempfile.mkdtemp(prefix="lse-"))  # short: Ray's socket paths live under it
     _set_env(ENGINE_CACHE_ENV, str(_RUN_CACHE))
     _set_env("HF_HOME", str(_RUN_CACHE / "huggingface"))
-    seed = os.environ.get(FACE_FIXTURE_ENV)
-    if seed:
-        _seed_face_models(Path(seed).expanduser())
+    _redirect_caches(config, _RUN_CACHE)
+    if seed_dir:
+        _seed_face_models(seed_dir)
     _no_insightface_download()
+
+
+# Where each tool writes, relative to the run folder; every one of them defaults to $HOME or /tmp otherwise.
+RUN_FOLDERS = {
+    "TMPDIR": "tmp",  # tempfile, torch inductor's default cache, pip and other subprocesses
+    "RAY_TMPDIR": "r",  # Ray session folders (default /tmp/ray); short: see RAY_SOCKET_ROOM
+    "HOME": "home",  # Ray's ~/.ray/auth_token and anything else that writes under the home folder
+    "XDG_CACHE_HOME": "home/.cache",
+    "XDG_CONFIG_HOME": "home/.config",
+    "XDG_DATA_HOME": "home/.local/share",
+    "MPLCONFIGDIR": "home/.cache/matplotlib",
+    "TORCH_HOME": "home/.cache/torch",
+    "TORCHINDUCTOR_CACHE_DIR": "home/.cache/torchinductor",
+    "TRITON_CACHE_DIR": "home/.cache/triton",
+}
+
+
+# Ray puts Unix sockets at RAY_TMPDIR/ray/session_<date>_<time>_<us>_<pid>/sockets/plasma_store, and a socket
+# path has at most 107 bytes: this leaves RAY_TMPDIR itself 107 - 4 - 44 - 21 = 38 bytes.
+RAY_SOCKET_ROOM = 38
+
+
+def _redirect_caches(config, run: Path) -> None:
+    """Every cache and temporary folder of this process and its subprocesses goes under `run` (removed at exit)."""
+    ray_dir = run / RUN_FOLDERS["RAY_TMPDIR"]
+    if len(str(ray_dir).encode()) > RAY_SOCKET_ROOM:
+        raise pytest.UsageError(f"the test run folder {run} is too deep for Ray's socket paths (RAY_TMPDIR at most "
+                                f"{RAY_SOCKET_ROOM} bytes, found {ray_dir}): run with a shorter TMPDIR")
+    for name, relative in RUN_FOLDERS.items():
+        folder = run / relative
+        folder.mkdir(parents=True, exist_ok=True)
+        _set_env(name, str(folder))
+    tempfile.tempdir = str(run / "tmp")  # tempfile caches its folder on first use (mkdtemp above used it)
+    if config.option.basetemp is None:
+        config.option.basetemp = str(run / "pytest")  # tmp_path: default /tmp/pytest-of-$USER
+    try:
+        from hypothesis.configuration import set_hypothesis_home_dir
+    except ImportError:
+        pass
+    else:
+        set_hypothesis_home_dir(run / "hypothesis")  # default: .hypothesis/ in the working directory
 
 
 def _no_insightface_download() -> None:
@@ -93,6 +143,7 @@ def pytest_unconfigure(config):
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+    tempfile.tempdir = None
     if _RUN_CACHE is not None:
         shutil.rmtree(_RUN_CACHE, ignore_errors=True)
 
@@ -150,3 +201,25 @@ def media() -> Path:
     if not MEDIA.is_dir():
         pytest.skip(f"test media not found at {MEDIA}")
     return MEDIA
+
+
+@pytest.fixture(scope="session")
+def tiny_random_onnx(tmp_path_factory) -> Path:
+    """`engine export --model tiny-random --out DIR --device cpu`, run once per test run (about 30 s of dynamo
+    exports on an idle 2-core machine) and shared read-only by the export and backend tests; copy files before
+    changing them. It runs in a private engine cache so the folder it registers does not opt the run's other tests
+    into artifacts (`--backend auto` would pick them)."""
+    from engine.cli import main
+    from engine.weights import engine_cache_dir
+    from engine.weights.tiny import ensure_tiny_random
+
+    # The same tiny-random files as the run's (exports are keyed to the checkpoint files' digests, and a second
+    # generation of tiny-random does not reproduce the U-Net checkpoint byte for byte).
+    model = ensure_tiny_random()
+    private = tmp_path_factory.mktemp("export-engine-cache")
+    shutil.copytree(model, private / model.relative_to(engine_cache_dir()))
+    out = tmp_path_factory.mktemp("tiny-random-onnx")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ENGINE_CACHE_ENV, str(private))
+        assert main(["export", "--model", "tiny-random", "--out", str(out), "--device", "cpu"]) == 0
+    return out

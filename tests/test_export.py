@@ -49,16 +49,11 @@ def tiny_models():
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_models, tmp_path_factory):
-    """`engine export --model tiny-random --out DIR` run once (in a private engine cache, where it registers the
-    folder); the tests below read its files instead of exporting again (each dynamo export takes seconds)."""
-    from engine.cli import main
-
-    out = tmp_path_factory.mktemp("onnx")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LATENTSYNC_ENGINE_CACHE", str(tmp_path_factory.mktemp("engine-cache")))
-        assert main(["export", "--model", "tiny-random", "--out", str(out), "--device", "cpu"]) == 0
-    return out
+def exported(tiny_random_onnx):
+    """`engine export --model tiny-random --out DIR` run once per test run (conftest.tiny_random_onnx, in a private
+    engine cache, where it registers the folder); the tests below read its files instead of exporting again (each
+    dynamo export takes seconds)."""
+    return tiny_random_onnx
 
 
 @pytest.fixture(scope="module")
