@@ -297,7 +297,11 @@ def checked_inputs(video, audio, output):
 
 
 def write_report(result: SyncResult, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(result.to_json(), indent=2))
+    """`engine run --report`: written atomically (a full disk is an OutputWriteError, nothing half-written)."""
+    from engine.weights.checkpoints import atomic_write
+
+    text = json.dumps(result.to_json(), indent=2)
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
 def _fit_policy(policy, choice: dict[str, str], options):
