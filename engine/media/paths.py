@@ -325,9 +325,9 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable[tuple[str, object]
     """
     expect(isinstance(path, (str, os.PathLike)), InvalidInputError, what, "a file path", type(path).__name__)
     target = Path(os.fspath(path)).expanduser().absolute()
+    check_name_limits(target, what)  # first: stat() of a name over NAME_MAX raises OSError itself
     check_not_input(target, inputs, what=what)
     expect(not target.is_dir(), InvalidInputError, f"{what} {target}", "a file path", "a directory")
-    check_name_limits(target, what)
     if suffixes is not None:
         expect(target.suffix.lower() in suffixes, InvalidInputError, f"{what} {target}",
                f"a file name ending in {' or '.join(suffixes)}", f"the extension {target.suffix or '(none)'!r}")
@@ -342,10 +342,10 @@ def check_output_dir(path: str | os.PathLike, *, inputs: Iterable[tuple[str, obj
     """An output folder (avatar, sweep, converted model): not an input, not holding one, parent writable."""
     expect(isinstance(path, (str, os.PathLike)), InvalidInputError, what, "a directory path", type(path).__name__)
     target = Path(os.fspath(path)).expanduser().absolute()
+    check_name_limits(target, what)
     check_not_input(target, inputs, what=what, directory=True)
     expect(not target.exists() or target.is_dir(), InvalidInputError, f"{what} {target}", "a directory",
            "an existing file")
-    check_name_limits(target, what)
     parent = target if target.is_dir() else target.parent
     while not parent.exists() and parent != parent.parent:  # folders are created as needed
         parent = parent.parent
