@@ -266,3 +266,50 @@ def test_local_batch_refuses_zero_jobs_per_worker(job, tmp_path, no_models, caps
     code, _ = run_cli("batch", manifest, "--model", "tiny-random", "--no-progress", "--jobs-per-worker", "0")
     err = capsys.readouterr().err
     assert code == 2 and "--jobs-per-worker: expected >= 1, found 0" in err
+
+
+# ----------------------------------------------------------------------------- SDK boundaries
+@pytest.fixture(scope="module")
+def sync():
+    from stream_helpers import micro_sync
+
+    s = micro_sync()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def demo_frames(media):
+    from engine.media import iter_video_frames, load_audio
+
+    frames = [f.rgb for f in iter_video_frames(media / "demo1_video.mp4", max_frames=8)]
+    return frames, load_audio(media / "demo1_audio.wav")[: 8 * 640]
+
+
+@pytest.mark.parametrize("bad", ["mixed sizes", "float frame", "grey frame"])
+def test_sdk_frame_iterables_are_checked_per_frame_with_the_index(sync, demo_frames, bad):
+    import time
+
+    frames, speech = demo_frames
+    frames = list(frames)
+    frames[3] = {"mixed sizes": frames[3][:-2], "float frame": frames[3].astype(np.float32),
+                 "grey frame": frames[3][..., 0]}[bad]
+    t0 = time.perf_counter()
+    with pytest.raises(InvalidInputError, match="video frame 3: expected"):
+        sync(iter(frames), speech, steps=1, guidance=1.0, deepcache=0, face="mediapipe")
+    assert time.perf_counter() - t0 < 30  # typed, from the frame reader: not a torch error after the chunk
+
+
+@pytest.mark.parametrize("peak", [40.0, -1.5])
+def test_sdk_float_audio_outside_unit_range_is_refused_as_streaming_sessions_refuse_it(sync, demo_frames, peak):
+    from engine.stream.pcm import to_float_pcm
+
+    frames, speech = demo_frames
+    loud = speech.copy()
+    loud[100] = peak
+    with pytest.raises(InvalidInputError) as sdk:
+        sync.submit(np.stack(frames), loud)
+    with pytest.raises(InvalidInputError) as stream:
+        to_float_pcm(loud)
+    assert "expected float32 samples in [-1, 1], found peak" in str(sdk.value)
+    assert str(sdk.value).split(": ", 1)[1] == str(stream.value).split(": ", 1)[1]

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -243,9 +243,9 @@ class LipSync:
         array = np.asarray(audio)
         if array.ndim != 1 or array.dtype != np.float32:
             raise InvalidInputError(f"audio: expected a path or float32 mono samples [S] at 16 kHz, found {array.dtype} {array.shape}")
-        if not np.isfinite(array).all():
-            raise InvalidInputError("audio: expected finite samples, found NaN or Inf")
-        return array
+        from engine.media.audio import check_float_samples
+
+        return check_float_samples(array, "audio")  # as streaming sessions check pushed speech
 
     def _open_video(self, video):
         """-> (frames, (H, W) or None, frame count estimate or None)."""
@@ -270,13 +270,32 @@ class LipSync:
             if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
                 raise InvalidInputError(f"video: expected uint8 frames [T,H,W,3], found {video.dtype} {video.shape}")
             return iter(video), video.shape[1:3], video.shape[0], True
-        return iter(video), None, None, False
+        return checked_frames(video), None, None, False
 
     def _open_writer(self, path: Path, first: np.ndarray, plan: AudioPlan, crf: int):
         from engine.media import VideoWriter
 
         h, w = first.shape[:2]
         return VideoWriter(path, w, h, fps=FPS, crf=crf, audio=plan.trimmed_audio, sample_rate=SAMPLE_RATE)
+
+
+def checked_frames(frames: Iterable) -> Iterator[np.ndarray]:
+    """Frames of an iterable, each checked as it arrives: uint8 [H,W,3], all of the first frame's size. A bad
+    frame is an InvalidInputError naming its index, before it reaches the device (not a torch error later)."""
+    size = None
+    for index, frame in enumerate(frames):
+        shape = getattr(frame, "shape", None)
+        if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3:
+            raise InvalidInputError(f"video frame {index}: expected a uint8 RGB array [H,W,3], found "
+                                    f"{type(frame).__name__} {shape if shape is not None else ''}".rstrip())
+        if frame.dtype != np.uint8:
+            raise InvalidInputError(f"video frame {index}: expected dtype uint8, found {frame.dtype}")
+        if size is None:
+            size = frame.shape[:2]
+        elif frame.shape[:2] != size:
+            raise InvalidInputError(f"video frame {index}: expected the size of frame 0 ({size[1]}x{size[0]} px), "
+                                    f"found {frame.shape[1]}x{frame.shape[0]} px")
+        yield frame
 
 
 def checked_inputs(video, audio, output):
@@ -293,6 +312,10 @@ def checked_inputs(video, audio, output):
         return checked.samples, checked.output
     if output is not None:
         output = check_output(output, inputs=(("video", video), ("audio", audio)))
+    if isinstance(audio, np.ndarray) and audio.dtype == np.float32:
+        from engine.media.audio import check_float_samples
+
+        check_float_samples(audio, "audio")  # at submit, not in the job's thread
     return audio, output
 
 
