@@ -191,8 +191,11 @@ class LipSync:
             return handle.result()
         except BaseException:
             # e.g. Ctrl-C / SIGTERM in the caller: stop the job and let it remove its partial output first
+            t0 = time.perf_counter()
             handle.cancel()
-            handle.wait(CANCEL_WAIT_S)
+            stopped = handle.wait(CANCEL_WAIT_S)
+            log.info("job %s %.2f s after it was cancelled", "stopped" if stopped else "still running",
+                     time.perf_counter() - t0)
             raise
 
     def submit(self, video, audio, output=None, *, config: SyncConfig | None = None, face=None,
