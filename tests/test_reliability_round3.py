@@ -400,3 +400,45 @@ def _config(**changes):
     from engine.pipeline.config import resolve_config
 
     return dataclasses.replace(resolve_config("reference", guidance_scale=1.0, deepcache_off=True), **changes)
+
+
+# ----------------------------------------------------------------------------- Ray: a killed worker with one worker
+@pytest.mark.slow  # about 140 s on the shared 2-core machine (Ray start, two model loads, two jobs)
+def test_ray_one_worker_killed_mid_job_is_restarted_and_the_jobs_retried(media, tmp_path):
+    """Ray local mode, 1 CPU, one actor: its process is SIGKILLed when line 1 starts. Ray restarts the actor,
+    the driver waits for it (instead of calling a restarting actor "gone for good") and both jobs finish
+    within --max-attempts; no `.partial` is left."""
+    import signal
+
+    pytest.importorskip("ray")
+    from cluster_helpers import FAST, local_cluster
+    from engine.cluster.batch import run_batch
+    from engine.cluster.manifest import JobSettings
+    from engine.cluster.options import ModelOptions
+    from engine.cluster.ray_batch import RayOptions
+
+    root = tmp_path / "inputs"
+    root.mkdir()
+    model, cuts = micro_model_dir(root), demo_cuts(media, root)
+    out = tmp_path / "out"
+    out.mkdir()
+    manifest = write_manifest(tmp_path / "jobs.jsonl", [
+        {"video": str(cuts["demo1"][0]), "audio": str(cuts["demo1"][1]), "output": str(out / "a.mp4")},
+        {"video": str(cuts["demo2"][0]), "audio": str(cuts["demo2"][1]), "output": str(out / "b.mp4")}])
+    killed: list[int] = []
+
+    def kill_first_start(event: tuple) -> None:
+        if event[0] == "start" and event[1] == 1 and not killed:
+            killed.append(event[4])
+            os.kill(event[4], signal.SIGKILL)
+
+    with local_cluster(num_cpus=1):
+        report = run_batch(str(manifest), model=ModelOptions(model=str(model), device="cpu", face="mediapipe"),
+                           defaults=JobSettings(face="mediapipe", crf=LOSSLESS, **FAST), progress=False,
+                           on_event=kill_first_start,
+                           ray=RayOptions(address="local", workers=1, jobs_per_worker=2, max_attempts=2))
+    assert killed, "line 1 never started"
+    assert report.counts() == {"done": 2, "skipped": 0, "failed": 0}, report.summary()
+    first = report.outcomes[0]
+    assert first.attempts == 2 and first.history and first.history[0].startswith("worker died")
+    assert sorted(p.name for p in out.iterdir()) == ["a.mp4", "a.mp4.job.json", "b.mp4", "b.mp4.job.json"]
