@@ -442,3 +442,14 @@ def test_ray_one_worker_killed_mid_job_is_restarted_and_the_jobs_retried(media, 
     first = report.outcomes[0]
     assert first.attempts == 2 and first.history and first.history[0].startswith("worker died")
     assert sorted(p.name for p in out.iterdir()) == ["a.mp4", "a.mp4.job.json", "b.mp4", "b.mp4.job.json"]
+
+
+def test_every_error_class_has_its_exit_code_in_the_table():
+    import engine.errors as errors
+
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.EngineError)]
+    for cls in classes:
+        assert cls.exit_code in EXIT_CODES, cls
+    assert EXIT_CODES[OutputWriteError.exit_code] == "OutputWriteError"
+    assert len({c.exit_code for c in classes if c.__bases__[0] is errors.EngineError}) == len(
+        [c for c in classes if c.__bases__[0] is errors.EngineError])  # direct subclasses: one code each
