@@ -33,6 +33,13 @@ def clip(tmp_path_factory) -> Path:
     return write_clip(tmp_path_factory.mktemp("clip") / "face.mp4", frames=25, size=FACE_SIZE)
 
 
+@pytest.fixture(scope="module")
+def batch_inputs(media, tmp_path_factory):
+    """(micro model folder, {"demo1": (video, speech), "demo2": ...}): real faces, cheap jobs."""
+    root = tmp_path_factory.mktemp("round3-inputs")
+    return micro_model_dir(root), demo_cuts(media, root)
+
+
 @pytest.fixture
 def job(tmp_path, clip) -> dict[str, Path]:
     video = tmp_path / "video.mp4"
@@ -149,12 +156,10 @@ def test_a_legal_250_byte_name_gets_a_shortened_temporary_name(tmp_path):
     assert json.loads(multibyte.read_text()) == {"ok": 1}
 
 
-def test_a_batch_job_with_a_250_byte_output_name_runs_and_is_recorded(media, tmp_path, capsys):
+def test_a_batch_job_with_a_250_byte_output_name_runs_and_is_recorded(batch_inputs, tmp_path, capsys):
     from engine.cluster.fingerprint import sidecar_path
 
-    root = tmp_path / "inputs"
-    root.mkdir()
-    model, cuts = micro_model_dir(root), demo_cuts(media, root)
+    model, cuts = batch_inputs
     out = tmp_path / _name(250)
     manifest = write_manifest(tmp_path / "jobs.jsonl", [{"video": str(cuts["demo1"][0]),
                                                          "audio": str(cuts["demo1"][1]), "output": out.name}])
@@ -236,12 +241,10 @@ def test_a_full_disk_for_a_json_record_is_an_output_write_error(monkeypatch, tmp
 
 
 @needs_dev_full
-def test_batch_full_disk_for_a_job_and_for_the_report(media, tmp_path, monkeypatch, capsys):
+def test_batch_full_disk_for_a_job_and_for_the_report(batch_inputs, tmp_path, monkeypatch, capsys):
     """A job whose encoder hits a full disk fails typed (exit code 12 in the report); when the report itself
     cannot be written, the command exits 12 naming it, and the finished job's record still says it finished."""
-    root = tmp_path / "inputs"
-    root.mkdir()
-    model, cuts = micro_model_dir(root), demo_cuts(media, root)
+    model, cuts = batch_inputs
     before = _snapshot(*cuts["demo1"], *cuts["demo2"])
     manifest = write_manifest(tmp_path / "jobs.jsonl", [
         {"video": str(cuts["demo1"][0]), "audio": str(cuts["demo1"][1]), "output": "ok.mp4"},
@@ -256,7 +259,7 @@ def test_batch_full_disk_for_a_job_and_for_the_report(media, tmp_path, monkeypat
     assert "jobs.jsonl.report.json" in captured.err and "ok.mp4.job.json" in captured.err
     record = json.loads((tmp_path / "ok.mp4.job.json").read_text())
     assert record["output"]["bytes"] == (tmp_path / "ok.mp4").stat().st_size
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["inputs", "jobs.jsonl", "ok.mp4", "ok.mp4.job.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.jsonl", "ok.mp4", "ok.mp4.job.json"]
     assert _snapshot(*before) == before
 
 
@@ -320,7 +323,7 @@ STOP_WITHIN_S = 2.0
 
 
 @pytest.mark.parametrize("signum", ["SIGTERM"])  # Ctrl-C takes the same path (KeyboardInterrupt)
-def test_engine_run_stops_within_2_s_of_a_signal_mid_chunk_and_cleans_up(media, tmp_path, signum):
+def test_engine_run_stops_within_2_s_of_a_signal_mid_chunk_and_cleans_up(batch_inputs, tmp_path, signum):
     """One chunk of 900 denoising steps is running when the signal comes: the chunk is cancelled between
     steps (not waited for), the partial output is removed, and the exit status is 128 + the signal."""
     import signal
@@ -329,9 +332,7 @@ def test_engine_run_stops_within_2_s_of_a_signal_mid_chunk_and_cleans_up(media, 
     import threading
     import time
 
-    root = tmp_path / "inputs"
-    root.mkdir()
-    model, cuts = micro_model_dir(root), demo_cuts(media, root)
+    model, cuts = batch_inputs
     out = tmp_path / "out" / "stopped.mp4"
     out.parent.mkdir()
     argv = [sys.executable, "-m", "engine", "-v", "run", "--model", str(model), "--device", "cpu", "--video",
@@ -404,7 +405,7 @@ def _config(**changes):
 
 # ----------------------------------------------------------------------------- Ray: a killed worker with one worker
 @pytest.mark.slow  # about 140 s on the shared 2-core machine (Ray start, two model loads, two jobs)
-def test_ray_one_worker_killed_mid_job_is_restarted_and_the_jobs_retried(media, tmp_path):
+def test_ray_one_worker_killed_mid_job_is_restarted_and_the_jobs_retried(batch_inputs, tmp_path):
     """Ray local mode, 1 CPU, one actor: its process is SIGKILLed when line 1 starts. Ray restarts the actor,
     the driver waits for it (instead of calling a restarting actor "gone for good") and both jobs finish
     within --max-attempts; no `.partial` is left."""
@@ -417,9 +418,7 @@ def test_ray_one_worker_killed_mid_job_is_restarted_and_the_jobs_retried(media, 
     from engine.cluster.options import ModelOptions
     from engine.cluster.ray_batch import RayOptions
 
-    root = tmp_path / "inputs"
-    root.mkdir()
-    model, cuts = micro_model_dir(root), demo_cuts(media, root)
+    model, cuts = batch_inputs
     out = tmp_path / "out"
     out.mkdir()
     manifest = write_manifest(tmp_path / "jobs.jsonl", [
