@@ -81,6 +81,24 @@ class NonFiniteOutputError(EngineError):
     exit_code = 11
 
 
+class OutputWriteError(EngineError):
+    """An output could not be written (disk full, quota, file size limit, I/O error) while writing it.
+
+    The message names the path, the free space left there and the OS error. The half-written file has been
+    removed and no input was touched; a batch's per-job records still say which jobs finished.
+    """
+
+    exit_code = 12
+
+
+# Every exit code a command can return, for docs and tests (`engine` returns 130 / 143 on SIGINT / SIGTERM).
+EXIT_CODES = {0: "success", 1: "failure (EngineError, or a batch with failed jobs)", 2: "InvalidInputError",
+              3: "MediaDecodeError (DecodeTimeoutError)", 4: "NoFaceError", 5: "CheckpointError (DownloadError)",
+              6: "IncompatibleEngineError", 7: "BackendUnavailableError", 8: "QueueFullError",
+              9: "DeadlineExceededError", 10: "GpuOutOfMemoryError", 11: "NonFiniteOutputError",
+              12: "OutputWriteError", 130: "interrupted (SIGINT, Ctrl-C)", 143: "terminated (SIGTERM)"}
+
+
 def expect(condition: bool, error: type[EngineError], what: str, expected: object, found: object) -> None:
     """Raise `error("<what>: expected <expected>, found <found>")` unless `condition` holds."""
     if not condition:

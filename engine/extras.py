@@ -34,7 +34,7 @@ EXTRAS: dict[str, Extra] = {
               distributions=("onnxruntime-gpu",)),
         Extra("trt", ("tensorrt",), "TensorRT engines (engine build, backend tensorrt)"),
         Extra("face", ("ai_edge_litert",), "the offline mediapipe face models"),
-        Extra("serve", ("websockets",), "the WebSocket streaming server (engine serve)"),
+        Extra("serve", ("websockets", "pydantic"), "the WebSocket streaming server (engine serve)"),
         Extra("plot", ("matplotlib",), "PNG plots (engine bench, engine eval --sweep, benchmarks)"),
         Extra("ray", ("ray",), "batch and serving on a Ray cluster (engine batch --ray, engine serve --ray)"),
         Extra("pipecat", ("pipecat",), "the Pipecat video service and the browser demo (engine demo)",

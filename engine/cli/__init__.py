@@ -69,7 +69,26 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt as exc:
         print("terminated" if isinstance(exc, Terminated) else "interrupted", file=sys.stderr)
-        return exit_status(exc)
+        status = exit_status(exc)
+        if argv is None:  # the `engine` process itself (tests pass argv and keep their interpreter)
+            exit_now(status)
+        return status
+
+
+def exit_now(status: int) -> None:
+    """End the process at once after a signal, once every cleanup (`finally` blocks: partial outputs removed,
+    jobs cancelled) has run: the interpreter's own shutdown (its last garbage collection over loaded models,
+    face-model runtimes and their thread pools) took seconds, and a stop must take under 2 s."""
+    import logging
+    import os
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -46,19 +46,27 @@ def register(subparsers) -> None:
 
 
 def report_path(args: argparse.Namespace) -> Path:
+    """The report's path, checked as every output is (folder writable, name fits NAME_MAX); run_batch then
+    checks it against every input and output of the batch (engine.media.paths.check_write_plan)."""
+    from engine.media.paths import check_output
+
     manifest = Path(args.manifest).expanduser().absolute()
     path = Path(args.report).expanduser().absolute() if args.report else manifest.with_name(
         manifest.name + ".report.json")
     if not path.parent.is_dir():
         raise InvalidInputError(f"--report {path}: expected an existing folder, found no folder {path.parent}")
-    return path
+    return check_output(path, inputs=(("manifest", manifest),), suffixes=None, what="--report")
 
 
 def _batch(args: argparse.Namespace) -> int:
     from engine.cluster.batch import run_batch
     from engine.cluster.manifest import JobSettings
     from engine.cluster.options import ModelOptions
+    from engine.errors import expect
 
+    # the same bounds locally as on Ray (RayOptions): 0 is refused, never silently run as 1
+    expect(args.jobs_per_worker >= 1, InvalidInputError, "--jobs-per-worker", ">= 1", args.jobs_per_worker)
+    expect(args.max_attempts >= 1, InvalidInputError, "--max-attempts", ">= 1", args.max_attempts)
     ray = None
     if args.ray is not None:
         from engine.extras import require
@@ -76,14 +84,29 @@ def _batch(args: argparse.Namespace) -> int:
                            seed=args.seed, face=args.face, strict_faces=args.strict_faces, crf=args.crf,
                            length=args.length)
     report = run_batch(args.manifest, model=model, defaults=defaults, ray=ray, force=args.force,
-                       progress=False if args.no_progress else None, in_flight=args.jobs_per_worker)
-    from engine.cluster.fingerprint import FILE_MODE
-    from engine.weights.checkpoints import write_json
-
-    write_json(report.to_json(), report_file)
-    report_file.chmod(FILE_MODE)
+                       progress=False if args.no_progress else None, in_flight=args.jobs_per_worker,
+                       report=str(report_file))
     print(report.summary())
+    sys.stdout.flush()
+    write_report(report, report_file)
     print(f"report: {report_file}")
     sys.stdout.flush()
     return 0 if report.ok else 1
 
+
+def write_report(report, path: Path) -> None:
+    """Write the report atomically; when that fails (OutputWriteError: disk full), say where the per-job records
+    are: every finished job's `<output>.job.json` was written when it finished and still says so."""
+    from engine.cluster.fingerprint import FILE_MODE, sidecar_path
+    from engine.cluster.outcome import DONE
+    from engine.errors import OutputWriteError
+    from engine.weights.checkpoints import write_json
+
+    try:
+        write_json(report.to_json(), path)
+        path.chmod(FILE_MODE)
+    except OutputWriteError as exc:
+        done = [o for o in report.outcomes if o.status == DONE]
+        records = ", ".join(str(sidecar_path(o.output)) for o in done[:3]) + (" ..." if len(done) > 3 else "")
+        raise OutputWriteError(f"{exc}; the batch report was not written, but every finished job's record "
+                               f"is beside its output ({len(done)} done{': ' + records if done else ''})") from exc

@@ -124,10 +124,10 @@ def _eval(args: argparse.Namespace) -> int:
     report = finite_json(report)
     print(summary(report))
     if args.json:
-        path = Path(args.json)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=1))
-        tmp.replace(path)
+        from engine.weights.checkpoints import atomic_write
+
+        text = json.dumps(report, indent=1)  # atomic; a full disk is an OutputWriteError
+        atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(text))
     return 0
 
 

@@ -55,6 +55,10 @@ def load_for_export(args: argparse.Namespace, dtype_name: str, config=None):  # 
     from engine.pipeline.device import choose_placement
     from engine.weights import load_models
 
+    if args.out and Path(args.model).expanduser().exists():  # a local model folder is an input, never the output
+        from engine.media.paths import check_output_dir
+
+        check_output_dir(args.out, inputs=(("--model", args.model),), what="--out")
     placement = choose_placement(args.device, dtype_name)
     models = load_models(args.model, device=placement.device, dtype=placement.dtype, offline=args.offline)
     follow_run_dtype(models.audio_encoder, placement.device, placement.dtype)  # the graph a run there looks up

@@ -37,6 +37,9 @@ def register(subparsers) -> None:
                    help="connections that have not sent start yet; more are refused (1013)")
     p.add_argument("--start-timeout", type=float, default=5.0,
                    help="seconds a connection may take to send start before it is closed (1008)")
+    p.add_argument("--idle-timeout", type=float, default=60.0,
+                   help="seconds a started session may go without a client message while no speech is queued "
+                        "before it is closed (1008) and its slot freed (default 60)")
     add_generation_options(p)
     p.add_argument("--max-queued-seconds", type=float, default=30.0,
                    help="speech a session may queue before pushes are refused (QueueFullError)")
@@ -75,7 +78,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(host=args.host, port=args.port, max_sessions=args.max_sessions,
                           max_pending=args.max_pending, start_timeout_s=args.start_timeout,
                           jpeg_quality=args.jpeg_quality, frame_format=args.frame_format,
-                          max_queued_seconds=args.max_queued_seconds)
+                          max_queued_seconds=args.max_queued_seconds, idle_timeout_s=args.idle_timeout)
 
     def load():
         server.set_status(f"loading model {args.model}")

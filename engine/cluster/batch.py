@@ -83,10 +83,15 @@ def run_local(todo: list[PendingJob], model: ModelOptions, progress: BatchProgre
 
 def run_batch(manifest: str, *, model: ModelOptions, defaults: JobSettings = JobSettings(), ray=None,
               force: bool = False, progress: bool | None = None, in_flight: int = 2,
-              on_event: Callable[[tuple], None] | None = None) -> BatchReport:
-    """Validate `manifest` (raises InvalidInputError before any work), then run it; `ray`: a RayOptions or None."""
+              on_event: Callable[[tuple], None] | None = None, report: str | None = None) -> BatchReport:
+    """Validate `manifest` (raises InvalidInputError before any work), then run it; `ray`: a RayOptions or None.
+
+    `report`: the path the caller will write the report to, checked up front with every job's paths."""
+    from engine.errors import InvalidInputError, expect
+
+    expect(isinstance(in_flight, int) and in_flight >= 1, InvalidInputError, "--jobs-per-worker", ">= 1", in_flight)
     t0 = time.perf_counter()
-    jobs = load_manifest(manifest, defaults)
+    jobs = load_manifest(manifest, defaults, report=report)
     todo, skipped = plan(jobs, model, force=force)
     log.info("batch %s: %d jobs, %d up to date, %d to run", manifest, len(jobs), len(skipped), len(todo))
     bar = BatchProgress([p.job for p in todo], enabled=progress)

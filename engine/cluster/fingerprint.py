@@ -24,8 +24,19 @@ FILE_MODE = 0o644  # records sit beside outputs, often on shared storage: readab
 
 
 def sidecar_path(output: str | os.PathLike) -> Path:
+    """`<output>.job.json`; for an output name too long for that (NAME_MAX), `<name cut>~<hash>.job.json`:
+    deterministic, so a re-run finds it again."""
+    import hashlib
+
+    from engine.media.paths import fit_name, name_bytes, name_limits
+
     out = Path(output)
-    return out.with_name(out.name + SIDECAR_SUFFIX)
+    name = out.name + SIDECAR_SUFFIX
+    name_max = name_limits(out.parent)[0]
+    if name_bytes(name) <= name_max:
+        return out.with_name(name)
+    tag = "~" + hashlib.sha1(os.fsencode(out.name)).hexdigest()[:12] + SIDECAR_SUFFIX
+    return out.with_name(fit_name(out.name, name_max - name_bytes(tag)) + tag)
 
 
 class ContentHashes:

@@ -249,8 +249,11 @@ def frames_estimate(duration_s: float, length: str) -> int | None:
     return output_frame_count(official, round(duration_s * SAMPLE_RATE), length)
 
 
-def load_manifest(path: str | os.PathLike, defaults: JobSettings = JobSettings()) -> list[BatchJob]:
-    """Read and validate every line; raise one InvalidInputError listing all bad lines (nothing has run)."""
+def load_manifest(path: str | os.PathLike, defaults: JobSettings = JobSettings(), *,
+                  report: str | os.PathLike | None = None) -> list[BatchJob]:
+    """Read and validate every line; raise one InvalidInputError listing all bad lines (nothing has run).
+
+    `report`: where the batch report will be written; it is checked against every input and output too."""
     manifest = Path(os.fspath(path)).expanduser().absolute()
     if not manifest.is_file():
         raise InvalidInputError(f"manifest {manifest}: expected an existing file, found "
@@ -271,7 +274,7 @@ def load_manifest(path: str | os.PathLike, defaults: JobSettings = JobSettings()
             jobs.append(job)
     if total == 0:
         raise InvalidInputError(f"manifest {manifest}: expected at least one job line, found none")
-    _check_across_lines(jobs, problems)
+    _check_across_lines(manifest, jobs, problems, Path(os.fspath(report)).expanduser().absolute() if report else None)
     problems.raise_if_any(manifest, total)
     return jobs
 
@@ -311,20 +314,33 @@ def _validate_line(number: int, record: dict, defaults: JobSettings, base: Path,
                     settings=settings, frames_estimate=frames_estimate(duration, settings.length))
 
 
-def _check_across_lines(jobs: list[BatchJob], problems: _Problems) -> None:
-    """Two lines writing one output, or a line writing another line's input, would destroy work."""
-    first_output: dict[str, int] = {}
-    inputs: dict[str, int] = {}
+def _check_across_lines(manifest: Path, jobs: list[BatchJob], problems: _Problems, report: Path | None) -> None:
+    """The write-plan rule (engine.media.paths.check_write_plan) over the whole batch: no output, job record or
+    report may be an input of any line or the manifest (same path, symlink, hard link), nor another output."""
+    from engine.cluster.fingerprint import sidecar_path
+    from engine.media.paths import PathRole, write_conflicts
+
+    inputs = [PathRole("manifest", manifest)]
     for job in jobs:
-        for source in (job.video, job.audio):
-            inputs.setdefault(os.path.realpath(source), job.line)
-    for job in jobs:
-        key = os.path.realpath(job.output)
-        if key in first_output:
-            problems.add(job.line, f"output {job.output}: expected a path no other line writes, found the output "
-                                   f"of line {first_output[key]}")
+        inputs += [PathRole("video", job.video, line=job.line), PathRole("audio", job.audio, line=job.line)]
+        if job.settings.face not in FACE_NAMES:
+            inputs.append(PathRole("face track", job.settings.face, line=job.line))
+    outputs = [PathRole("output", job.output, line=job.line) for job in jobs]
+    outputs += [PathRole("job record", sidecar_path(job.output), line=job.line) for job in jobs]
+    if report is not None:
+        outputs.append(PathRole("--report", report))
+    report_conflicts = []
+    for conflict in write_conflicts(outputs, inputs):
+        out, other = conflict.output, conflict.other
+        if out.line is None:  # the report: not a line's fault
+            report_conflicts.append(conflict.message())
+        elif conflict.kind == "output" and other.line is not None and other.label == out.label:
+            problems.add(out.line, f"{out.label} {out.path}: expected a path no other line writes, found the "
+                                   f"{other.label} of line {other.line}")
+        elif conflict.kind == "input" and other.line is not None:
+            problems.add(out.line, f"{out.label} {out.path}: expected a path that is not an input, found the same "
+                                   f"file as the {other.label} of line {other.line}; refusing to overwrite it")
         else:
-            first_output[key] = job.line
-        if key in inputs:
-            problems.add(job.line, f"output {job.output}: expected a path that is not an input, found an input of "
-                                   f"line {inputs[key]}")
+            problems.add(out.line, conflict.message())
+    if report_conflicts:
+        raise InvalidInputError("; ".join(report_conflicts) + "; nothing was run")

@@ -32,6 +32,7 @@ log = logging.getLogger("engine.batch")
 POLL_S = 0.5  # how often the driver looks at finished jobs and progress events
 REPORT_EVERY_S = 0.5  # a worker reports frame progress at most this often per job
 WORKER_DIED = "worker died"
+REVIVE_RETRY_S = 1.0  # a restarting actor answers "unavailable": ask again this much later (up to start_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,8 @@ class _Worker:
     state: str = "starting"  # starting | ready | reviving | dead
     info: dict = field(default_factory=dict)
     deaths: int = 0
+    died_at: float = 0.0  # time.monotonic() of the last death
+    ask_again_at: float | None = None  # when to ask a restarting actor for info() again
 
     @property
     def free(self) -> int:
@@ -169,11 +172,15 @@ class _Dispatcher:
         from ray.exceptions import GetTimeoutError
 
         while self.queue or self.inflight:
+            self._ask_restarting()
             self._dispatch()
-            if not self.inflight and not self.reviving:
+            if not self.inflight and not self.reviving and not self._restarting():
                 self._fail_rest("no worker is left to run it: " + self._deaths())
                 break
-            ready, _ = self.ray.wait([*self.inflight, *self.reviving], num_returns=1, timeout=POLL_S)
+            waiting = [*self.inflight, *self.reviving]
+            ready = self.ray.wait(waiting, num_returns=1, timeout=POLL_S)[0] if waiting else []
+            if not waiting:
+                time.sleep(POLL_S)
             try:
                 self._events(self.ray.get(self.sink.drain.remote(), timeout=30))
             except GetTimeoutError:
@@ -222,6 +229,7 @@ class _Dispatcher:
         pending.tried.add(worker.name)
         if worker.state == "ready":
             worker.deaths += 1
+            worker.died_at = time.monotonic()
             worker.state = "reviving"  # Ray restarts it (max_restarts); info() answers once it reloaded
             self.reviving[worker.actor.info.remote()] = worker
         if pending.attempt >= self.options.max_attempts:
@@ -241,6 +249,10 @@ class _Dispatcher:
         try:
             info = self.ray.get(ref)
         except RayActorError as exc:
+            if _restarting(exc) and time.monotonic() - worker.died_at < self.options.start_timeout_s:
+                worker.ask_again_at = time.monotonic() + REVIVE_RETRY_S  # Ray is restarting it: not gone
+                log.info("worker %s is restarting", worker.name)
+                return
             worker.state = "dead"
             log.warning("worker %s is gone for good: %s", worker.name, str(exc).splitlines()[0])
             return
@@ -250,6 +262,17 @@ class _Dispatcher:
             return
         worker.info, worker.state = info, "ready"
         log.info("worker %s is back (pid %s)", worker.name, info.get("pid"))
+
+    def _restarting(self) -> list[_Worker]:
+        return [w for w in self.workers if w.state == "reviving" and w.ask_again_at is not None]
+
+    def _ask_restarting(self) -> None:
+        """Ask restarting actors again whether they are back (once due)."""
+        now = time.monotonic()
+        for worker in self._restarting():
+            if worker.ask_again_at <= now:
+                worker.ask_again_at = None
+                self.reviving[worker.actor.info.remote()] = worker
 
     def _finished(self, outcome: JobOutcome) -> None:
         self.outcomes.append(outcome)
@@ -271,6 +294,23 @@ class _Dispatcher:
                 self.progress.frames(event[1], event[2], event[3])
             if self.on_event is not None:
                 self.on_event(event)
+
+
+def _restarting(exc: BaseException) -> bool:
+    """True when Ray says the actor is being restarted (ActorUnavailableError), not that it died for good."""
+    from ray.exceptions import ActorDiedError
+
+    return not isinstance(exc, ActorDiedError) and ("restarting" in str(exc).lower()
+                                                    or type(exc).__name__ == "ActorUnavailableError")
+
+
+def remove_partials_of(todo: list[PendingJob]) -> None:
+    """Remove the `.partial` files that killed workers of this host left beside the jobs' outputs (a worker on
+    another host leaves its own; the next job writing there removes it: engine.media.paths)."""
+    from engine.media.paths import remove_stale_partials
+
+    for folder in {os.path.dirname(p.job.output) for p in todo}:
+        remove_stale_partials(folder)
 
 
 def start_workers(ray, model: ModelOptions, options: RayOptions, jobs: int, sink_name: str) -> list[_Worker]:
@@ -327,5 +367,6 @@ def run_on_ray(todo: list[PendingJob], model: ModelOptions, progress: BatchProgr
             for worker in workers:
                 ray.kill(worker.actor, no_restart=True)
             ray.kill(sink, no_restart=True)
+            remove_partials_of(todo)
     usable = sum(1 for w in workers if w.info and "error" not in w.info)
     return RunResult(outcomes, workers=usable, startup_seconds=startup, runner=f"ray {options.address}")

@@ -42,7 +42,7 @@ class StreamReplica:
         host = spec.replica_host or ray.util.get_node_ip_address()
         self.server = LipSyncServer(spec.load, ServerConfig(
             host=host, port=0, max_sessions=spec.max_sessions, jpeg_quality=spec.jpeg_quality,
-            max_queued_seconds=spec.max_queued_seconds), stream_defaults=StreamConfig(sync=spec.sync))
+            max_queued_seconds=spec.max_queued_seconds, idle_timeout_s=spec.idle_timeout_s), stream_defaults=StreamConfig(sync=spec.sync))
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="lipsync-replica", daemon=True).start()
         port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(60)  # loads in background
@@ -230,6 +230,19 @@ class StreamIngress:
                           "found none", 1008, "InvalidInputError")
             return
         if first["type"] == "websocket.disconnect":
+            return
+        from engine.stream.protocol import ProtocolError, parse_start
+
+        try:  # the schema engine serve uses (engine.stream.protocol): refused here, before a replica is taken
+            parse_start(first["text"] if first.get("text") is not None else first.get("bytes"))
+        except ProtocolError as exc:
+            from engine.stream.server import error_message
+
+            try:
+                await ws.send_text(json.dumps(error_message(exc)))
+            except (RuntimeError, OSError):
+                return
+            await _close(ws, 1008, exc.close_reason)
             return
         await self.pool.refresh()
         replica, reason = self.pool.pick()

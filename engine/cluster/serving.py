@@ -53,6 +53,7 @@ class ServeSpec:
     jpeg_quality: int = 90
     replica_host: str | None = None  # where replicas listen for the ingress; None: their node's IP
     max_restarts: int = 3  # times Ray restarts a dead replica
+    idle_timeout_s: float = 60.0  # engine serve --idle-timeout, per replica
 
     def __post_init__(self) -> None:
         names = [name for name, _ in self.videos + self.avatars]
@@ -95,7 +96,8 @@ def spec_from_args(args: argparse.Namespace) -> ServeSpec:
         model=ModelOptions.from_args(args),
         videos=absolute(args.video), avatars=absolute(args.avatar), sync=generation_settings(args),
         replicas=args.replicas, num_gpus=args.num_gpus, num_cpus=args.num_cpus, max_sessions=args.max_sessions,
-        max_queued_seconds=args.max_queued_seconds, jpeg_quality=args.jpeg_quality)
+        max_queued_seconds=args.max_queued_seconds, jpeg_quality=args.jpeg_quality,
+        idle_timeout_s=args.idle_timeout)
 
 
 def serve_on_ray(args: argparse.Namespace) -> int:

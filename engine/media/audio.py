@@ -36,6 +36,20 @@ TRUNCATION_TOLERANCE_S = 0.02  # ... or this many seconds, or two codec frames, 
 WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)  # data-chunk sizes written by streaming encoders that did not finish
 
 
+FLOAT_PEAK_TOLERANCE = 1e-6  # float32 rounding of a full-scale sample
+
+
+def check_float_samples(array: np.ndarray, what: str = "audio chunk") -> np.ndarray:
+    """The one check of float speech given as an array (SDK calls and streaming sessions alike): finite and
+    within [-1, 1], as every decoder delivers it; int16 values or a wrong gain passed as float are refused."""
+    if not np.isfinite(array).all():
+        raise InvalidInputError(f"{what}: expected finite samples, found NaN or Inf")
+    if array.size and np.abs(array).max() > 1.0 + FLOAT_PEAK_TOLERANCE:
+        raise InvalidInputError(
+            f"{what}: expected float32 samples in [-1, 1], found peak {float(np.abs(array).max()):.3f}")
+    return array
+
+
 def load_audio(path: str | os.PathLike, *, sample_rate: int = SAMPLE_RATE,
                limits: MediaLimits = MediaLimits()) -> np.ndarray:
     """Return the first audio stream of `path` as float32 mono [S] at `sample_rate`: load_pcm16(...) / 32768.

@@ -5,8 +5,18 @@ the start of a job, so a mistake such as `--video X --output X` is refused in mi
 of replacing the user's source after minutes of work, and a missing or read-only directory is named
 as such instead of surfacing as an encoder error after the first chunk.
 
+One rule for every path a command writes (outputs, reports, job records, avatars, eval JSON, exported
+artifacts): `check_write_plan(outputs, inputs)` refuses, before any work, an output that resolves to an
+input of the same command (same path, a symlink to it, or a hard link: same device and inode) or to
+another output of the same command (two writers, one file). Every command calls it (through
+`check_output` / `check_output_dir` for one output) with everything it reads and writes.
+
+File-name limits: `check_name_limits` checks the output name and path against NAME_MAX / PATH_MAX of the
+target file system (os.pathconf) up front; temporary names are shortened to fit (`fit_name`), so any
+legal output name works.
+
 Temporary files: writers put their output at `.<name>.<pid>-<host>-<hex>.partial` beside the target
-and rename it on success. A process killed with SIGKILL cannot remove its file; the next job that
+(`<name>` shortened when the whole would pass NAME_MAX) and rename it on success. A process killed with SIGKILL cannot remove its file; the next job that
 writes into that directory removes `.partial` files whose owner (same host, process id) is gone,
 and never touches one whose process is alive.
 """
@@ -22,9 +32,10 @@ import socket
 import tempfile
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import InvalidInputError, expect
+from engine.errors import InvalidInputError, OutputWriteError, expect
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +50,69 @@ def host_tag() -> str:
     return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
 
 
+DEFAULT_NAME_MAX, DEFAULT_PATH_MAX = 255, 4096  # Linux's, where pathconf cannot say
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def name_limits(directory: str | os.PathLike) -> tuple[int, int]:
+    """(NAME_MAX, PATH_MAX) in bytes of the file system holding `directory` (or its nearest existing parent)."""
+    where = _existing_ancestor(Path(os.fspath(directory)).expanduser().absolute())
+    limits = []
+    for key, default in (("PC_NAME_MAX", DEFAULT_NAME_MAX), ("PC_PATH_MAX", DEFAULT_PATH_MAX)):
+        try:
+            value = os.pathconf(where, key)
+        except (OSError, ValueError):
+            value = -1
+        limits.append(value if value and value > 0 else default)
+    return limits[0], limits[1]
+
+
+def name_bytes(name: str | os.PathLike) -> int:
+    """Length of a name as the file system counts it (bytes in the file-system encoding)."""
+    return len(os.fsencode(name))
+
+
+def fit_name(name: str, room: int) -> str:
+    """`name` cut to at most `room` bytes (never empty); a cut inside a multi-byte character keeps valid bytes."""
+    raw = os.fsencode(name)
+    if len(raw) <= room:
+        return name
+    cut = raw[:max(1, room)]
+    while cut and len(cut) > 1:  # do not end inside a UTF-8 sequence
+        try:
+            return cut.decode("utf-8")
+        except UnicodeDecodeError:
+            cut = cut[:-1]
+    return os.fsdecode(cut)
+
+
+def temporary_name(target: Path, suffix: str) -> Path:
+    """`.<name><suffix>` beside `target`, `<name>` shortened so the whole fits the file system's NAME_MAX."""
+    name_max = name_limits(target.parent)[0]
+    return target.with_name(f".{fit_name(target.name, name_max - 1 - name_bytes(suffix))}{suffix}")
+
+
 def partial_path(target: Path) -> Path:
-    """A unique hidden name beside `target` (same filesystem, so the final rename is atomic), naming its owner."""
-    return target.with_name(f".{target.name}.{os.getpid()}-{host_tag()}-{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}")
+    """A unique hidden name beside `target` (same filesystem, so the final rename is atomic), naming its owner;
+    always within NAME_MAX, whatever the length of the target's (legal) name."""
+    return temporary_name(target, f".{os.getpid()}-{host_tag()}-{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}")
+
+
+def check_name_limits(target: Path, what: str = "output") -> None:
+    """InvalidInputError (exit 2) when `target`'s name or full path is longer than its file system allows."""
+    name_max, path_max = name_limits(target.parent)
+    n = name_bytes(target.name)
+    shown = f"{what} {str(target)[:60]}...{str(target)[-20:]}" if len(str(target)) > 100 else f"{what} {target}"
+    expect(n <= name_max, InvalidInputError, shown,
+           f"a file name of at most {name_max} bytes (NAME_MAX of the file system there)", f"{n} bytes")
+    p = name_bytes(str(target))
+    expect(p < path_max, InvalidInputError, shown,
+           f"a path of at most {path_max - 1} bytes (PATH_MAX of the file system there)", f"{p} bytes")
 
 
 def partial_owner(path: Path) -> tuple[int, str] | None:
@@ -131,21 +202,99 @@ def inside(path: str | os.PathLike, directory: str | os.PathLike) -> bool:
     return p == d or d in p.parents
 
 
+@dataclass(frozen=True)
+class PathRole:
+    """One path a command reads or writes: its label in messages ("--report", "output"), whether it is a folder
+    (an output folder may not hold an input), and the manifest line it comes from (batch), if any."""
+
+    label: str
+    path: str | os.PathLike
+    directory: bool = False
+    line: int | None = None
+
+    def describe(self) -> str:
+        return f"{self.label} {os.fspath(self.path)}" + (f" (line {self.line})" if self.line is not None else "")
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """An output that would destroy something: an input of the command, or another of its outputs."""
+
+    output: PathRole
+    other: PathRole
+    kind: str  # "input" | "output" | "inside"
+
+    def message(self) -> str:
+        where = f"{self.output.label} {os.fspath(self.output.path)}"
+        if self.kind == "input":
+            return (f"{where}: expected a path that is not an input, found the same file as "
+                    f"{self.other.describe()}; refusing to overwrite the input")
+        if self.kind == "inside":
+            return f"{where}: expected a directory that does not hold an input, found {self.other.describe()} inside it"
+        return (f"{where}: expected a path no other output of this command writes, found the same file as "
+                f"{self.other.describe()}")
+
+
+def _as_role(item) -> PathRole | None:
+    if isinstance(item, PathRole):
+        return item
+    label, path = item
+    return PathRole(str(label), path) if isinstance(path, (str, os.PathLike)) else None  # arrays: not files
+
+
+def _file_keys(path: str | os.PathLike) -> list:
+    """What identifies the file a path names: its resolved path (symlinks followed, existing or not) and,
+    when it exists, its (device, inode), which a hard link shares."""
+    p = Path(os.fspath(path)).expanduser()
+    keys: list = [str(p.resolve())]
+    identity = _identity(p)
+    if identity is not None:
+        keys.append(identity)
+    return keys
+
+
+def write_conflicts(outputs: Iterable, inputs: Iterable) -> list[Conflict]:
+    """Every output (a PathRole or (label, path)) that resolves to an input (same path, symlink, hard link) or
+    to an earlier output; and every output folder that holds an input. Linear in the number of paths."""
+    sources = [r for r in map(_as_role, inputs) if r is not None]
+    by_key: dict = {}
+    for role in sources:
+        for key in _file_keys(role.path):
+            by_key.setdefault(key, role)
+    written: dict = {}
+    found: list[Conflict] = []
+    for role in (r for r in map(_as_role, outputs) if r is not None):
+        keys = _file_keys(role.path)
+        hit = next((by_key[k] for k in keys if k in by_key), None)
+        if hit is not None:
+            found.append(Conflict(role, hit, "input"))
+        else:
+            twin = next((written[k] for k in keys if k in written), None)
+            if twin is not None:
+                found.append(Conflict(role, twin, "output"))
+        for key in keys:
+            written.setdefault(key, role)
+        if role.directory and Path(os.fspath(role.path)).expanduser().exists():
+            found.extend(Conflict(role, s, "inside") for s in sources if inside(s.path, role.path))
+    return found
+
+
+def check_write_plan(outputs: Iterable, inputs: Iterable) -> None:
+    """The one rule for every path a command writes (module docstring): InvalidInputError (exit 2) naming
+    every conflict, before any work. `outputs` / `inputs`: PathRole or (label, path) pairs."""
+    conflicts = write_conflicts(outputs, inputs)
+    if len(conflicts) == 1:
+        raise InvalidInputError(conflicts[0].message())
+    if conflicts:
+        raise InvalidInputError(f"{len(conflicts)} outputs would overwrite an input or another output:\n"
+                                + "\n".join(f"  {c.message()}" for c in conflicts))
+
+
 def check_not_input(output: str | os.PathLike, inputs: Iterable[tuple[str, object]], *, what: str = "output",
                     directory: bool = False) -> None:
-    """InvalidInputError when `output` is one of the inputs (or, for an output directory, holds one).
-
-    `inputs` are (label, path) pairs, e.g. ("--video", "face.mp4"); non-path inputs (arrays) are skipped.
-    """
-    for label, source in inputs:
-        if not isinstance(source, (str, os.PathLike)):
-            continue
-        if same_file(output, source):
-            raise InvalidInputError(f"{what} {output}: expected a path that is not an input, found the same file "
-                                    f"as {label} {source}; refusing to overwrite the input")
-        if directory and Path(os.fspath(output)).expanduser().exists() and inside(source, output):
-            raise InvalidInputError(f"{what} {output}: expected a directory that does not hold an input, found "
-                                    f"{label} {source} inside it")
+    """InvalidInputError when `output` is one of the inputs (or, for an output directory, holds one): the
+    write-plan rule for a single output. `inputs` are (label, path) pairs; non-path inputs (arrays) are skipped."""
+    check_write_plan([PathRole(what, output, directory=directory)], inputs)
 
 
 def check_writable_dir(directory: Path, what: str) -> None:
@@ -155,8 +304,10 @@ def check_writable_dir(directory: Path, what: str) -> None:
     try:
         fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=directory)
     except OSError as exc:
+        if exc.errno in FULL_DISK_ERRNOS:
+            raise output_write_error(directory, exc, what) from exc
         why = {errno.EROFS: "a read-only filesystem", errno.EACCES: "no write permission",
-               errno.EPERM: "no write permission", errno.ENOSPC: "no space left"}.get(exc.errno, str(exc))
+               errno.EPERM: "no write permission"}.get(exc.errno, str(exc))
         raise InvalidInputError(f"{what}: expected a writable directory {directory}, found {why} "
                                 f"({exc.strerror})") from exc
     os.close(fd)
@@ -174,6 +325,7 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable[tuple[str, object]
     """
     expect(isinstance(path, (str, os.PathLike)), InvalidInputError, what, "a file path", type(path).__name__)
     target = Path(os.fspath(path)).expanduser().absolute()
+    check_name_limits(target, what)  # first: stat() of a name over NAME_MAX raises OSError itself
     check_not_input(target, inputs, what=what)
     expect(not target.is_dir(), InvalidInputError, f"{what} {target}", "a file path", "a directory")
     if suffixes is not None:
@@ -190,6 +342,7 @@ def check_output_dir(path: str | os.PathLike, *, inputs: Iterable[tuple[str, obj
     """An output folder (avatar, sweep, converted model): not an input, not holding one, parent writable."""
     expect(isinstance(path, (str, os.PathLike)), InvalidInputError, what, "a directory path", type(path).__name__)
     target = Path(os.fspath(path)).expanduser().absolute()
+    check_name_limits(target, what)
     check_not_input(target, inputs, what=what, directory=True)
     expect(not target.exists() or target.is_dir(), InvalidInputError, f"{what} {target}", "a directory",
            "an existing file")
@@ -198,3 +351,43 @@ def check_output_dir(path: str | os.PathLike, *, inputs: Iterable[tuple[str, obj
         parent = parent.parent
     check_writable_dir(parent, f"{what} {target}")
     return target
+
+
+# ---------------------------------------------------------------------------------------------- write failures
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # no space left, quota exceeded
+WRITE_ERRNOS = (*FULL_DISK_ERRNOS, errno.EFBIG, errno.EIO)  # and the file-size limit, a failing device
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Bytes free for this user on the file system holding `path` (None when it cannot be asked)."""
+    import shutil
+
+    try:
+        return shutil.disk_usage(_existing_ancestor(Path(os.fspath(path)).expanduser().absolute())).free
+    except OSError:
+        return None
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "unknown free space"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit} free"
+    return f"{n} bytes free"
+
+
+def is_write_failure(exc: BaseException) -> bool:
+    """True for an OSError (PyAV's included) that means the output could not be written: disk full, quota,
+    file-size limit, I/O error; not for a missing folder or a permission problem (those are checked up front)."""
+    return isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS
+
+
+def output_write_error(path: str | os.PathLike, exc: OSError, what: str = "output") -> OutputWriteError:
+    """The typed error for a failed write of `path`: names the path, the free space there and the OS error."""
+    reason = {errno.ENOSPC: "the disk full", errno.EDQUOT: "the disk quota exceeded",
+              errno.EFBIG: "the file size limit reached", errno.EIO: "an I/O error"}.get(exc.errno, "a write error")
+    strerror = exc.strerror or os.strerror(exc.errno or 0)
+    return OutputWriteError(f"{what} {os.fspath(path)}: expected room to write it, found {reason} "
+                            f"({_size(free_bytes(path))} there; [Errno {exc.errno}] {strerror}); "
+                            "the partial file was removed and no input was changed")

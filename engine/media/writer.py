@@ -28,7 +28,7 @@ import numpy as np
 from engine.constants import FPS, SAMPLE_RATE
 from engine.errors import InvalidInputError, expect
 from engine.media.audio import INT16_SCALE, load_audio
-from engine.media.paths import check_output, partial_path
+from engine.media.paths import check_output, is_write_failure, output_write_error, partial_path
 from engine.media.probe import MediaInfo, MediaLimits, probe
 from engine.media.video import as_rate, iter_video_frames
 
@@ -119,6 +119,9 @@ class VideoWriter:
         try:
             self._container = av.open(str(self._tmp), mode="w", format="mp4", options=options)
         except (av.FFmpegError, OSError) as e:
+            _remove(self._tmp)
+            if is_write_failure(e):  # a full disk is not a bad directory
+                raise output_write_error(self.path, e) from e
             raise InvalidInputError(f"{self.path}: expected a writable output directory, found: {e}") from e
         self._finalizer = weakref.finalize(self, _discard, self._container, self._tmp)
         try:
@@ -134,6 +137,8 @@ class VideoWriter:
             self._container.start_encoding()  # opens the encoders and creates the temporary file now
         except (av.FFmpegError, ValueError) as e:
             self.abort()
+            if is_write_failure(e):  # 0 bytes free fails here: a full disk, not bad encoder settings
+                raise output_write_error(self.path, e) from e
             raise InvalidInputError(f"{self.path}: expected encoder settings libx264/AAC accept, found "
                                     f"{self.encoded_size} at {self.rate} fps, audio {sample_rate} Hz: {e}") from e
         except BaseException:
@@ -183,8 +188,14 @@ class VideoWriter:
             self._mux(self._audio.encode(frame))
 
     def _mux(self, packets) -> None:
-        for packet in packets:
-            self._container.mux(packet)
+        try:
+            for packet in packets:
+                self._container.mux(packet)
+        except OSError as e:  # PyAV's av.error.OSError too: disk full, quota, file size limit, I/O error
+            if not is_write_failure(e):
+                raise
+            self.abort()  # nothing partial is left, whatever the caller does next
+            raise output_write_error(self.path, e) from e
 
     def _check_open(self) -> None:
         expect(self._finalizer.alive, InvalidInputError, f"VideoWriter({self.path})", "an open writer",
@@ -201,8 +212,13 @@ class VideoWriter:
             if self._audio is not None:
                 self._encode_audio(until=None, final=True)
                 self._mux(self._audio.encode(None))
-            self._container.close()
+            self._container.close()  # writes the moov atom (and, with faststart, rewrites the file)
             os.replace(self._tmp, self.path)
+        except OSError as e:
+            self.abort()
+            if is_write_failure(e):
+                raise output_write_error(self.path, e) from e
+            raise
         except BaseException:
             self.abort()
             raise
@@ -239,6 +255,11 @@ def write_wav(path: str | os.PathLike, samples: np.ndarray, sample_rate: int = S
             w.setframerate(sample_rate)
             w.writeframes(pcm.tobytes())
         os.replace(tmp, target)
+    except OSError as e:
+        _remove(tmp)
+        if is_write_failure(e):
+            raise output_write_error(target, e) from e
+        raise
     except BaseException:
         _remove(tmp)
         raise

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -191,8 +191,11 @@ class LipSync:
             return handle.result()
         except BaseException:
             # e.g. Ctrl-C / SIGTERM in the caller: stop the job and let it remove its partial output first
+            t0 = time.perf_counter()
             handle.cancel()
-            handle.wait(CANCEL_WAIT_S)
+            stopped = handle.wait(CANCEL_WAIT_S)
+            log.info("job %s %.2f s after it was cancelled", "stopped" if stopped else "still running",
+                     time.perf_counter() - t0)
             raise
 
     def submit(self, video, audio, output=None, *, config: SyncConfig | None = None, face=None,
@@ -243,9 +246,9 @@ class LipSync:
         array = np.asarray(audio)
         if array.ndim != 1 or array.dtype != np.float32:
             raise InvalidInputError(f"audio: expected a path or float32 mono samples [S] at 16 kHz, found {array.dtype} {array.shape}")
-        if not np.isfinite(array).all():
-            raise InvalidInputError("audio: expected finite samples, found NaN or Inf")
-        return array
+        from engine.media.audio import check_float_samples
+
+        return check_float_samples(array, "audio")  # as streaming sessions check pushed speech
 
     def _open_video(self, video):
         """-> (frames, (H, W) or None, frame count estimate or None)."""
@@ -270,13 +273,32 @@ class LipSync:
             if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
                 raise InvalidInputError(f"video: expected uint8 frames [T,H,W,3], found {video.dtype} {video.shape}")
             return iter(video), video.shape[1:3], video.shape[0], True
-        return iter(video), None, None, False
+        return checked_frames(video), None, None, False
 
     def _open_writer(self, path: Path, first: np.ndarray, plan: AudioPlan, crf: int):
         from engine.media import VideoWriter
 
         h, w = first.shape[:2]
         return VideoWriter(path, w, h, fps=FPS, crf=crf, audio=plan.trimmed_audio, sample_rate=SAMPLE_RATE)
+
+
+def checked_frames(frames: Iterable) -> Iterator[np.ndarray]:
+    """Frames of an iterable, each checked as it arrives: uint8 [H,W,3], all of the first frame's size. A bad
+    frame is an InvalidInputError naming its index, before it reaches the device (not a torch error later)."""
+    size = None
+    for index, frame in enumerate(frames):
+        shape = getattr(frame, "shape", None)
+        if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3:
+            raise InvalidInputError(f"video frame {index}: expected a uint8 RGB array [H,W,3], found "
+                                    f"{type(frame).__name__} {shape if shape is not None else ''}".rstrip())
+        if frame.dtype != np.uint8:
+            raise InvalidInputError(f"video frame {index}: expected dtype uint8, found {frame.dtype}")
+        if size is None:
+            size = frame.shape[:2]
+        elif frame.shape[:2] != size:
+            raise InvalidInputError(f"video frame {index}: expected the size of frame 0 ({size[1]}x{size[0]} px), "
+                                    f"found {frame.shape[1]}x{frame.shape[0]} px")
+        yield frame
 
 
 def checked_inputs(video, audio, output):
@@ -293,11 +315,19 @@ def checked_inputs(video, audio, output):
         return checked.samples, checked.output
     if output is not None:
         output = check_output(output, inputs=(("video", video), ("audio", audio)))
+    if isinstance(audio, np.ndarray) and audio.dtype == np.float32:
+        from engine.media.audio import check_float_samples
+
+        check_float_samples(audio, "audio")  # at submit, not in the job's thread
     return audio, output
 
 
 def write_report(result: SyncResult, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(result.to_json(), indent=2))
+    """`engine run --report`: written atomically (a full disk is an OutputWriteError, nothing half-written)."""
+    from engine.weights.checkpoints import atomic_write
+
+    text = json.dumps(result.to_json(), indent=2)
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
 def _fit_policy(policy, choice: dict[str, str], options):

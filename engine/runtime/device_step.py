@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from engine.errors import NonFiniteOutputError
+from engine.errors import EngineError, NonFiniteOutputError
 from engine.runtime.requests import ChunkWork, Posterior
 from engine.runtime.timing import StageClock
 
@@ -24,11 +24,14 @@ Decoder = Callable[[Tensor], Tensor]  # scaled latents [f,4,h,w] -> images [f,3,
 
 
 def run_batch(runners, works: list[ChunkWork], clock: StageClock, *, max_vae_rows: int | None = None,
-              fp32_decoder: Callable[[], Decoder | None] | None = None) -> list[Tensor | NonFiniteOutputError]:
+              fp32_decoder: Callable[[], Decoder | None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> list[Tensor | NonFiniteOutputError]:
     """Pasted faces [f,3,R,R] (run dtype, not clamped) per request, or that request's error.
 
     All `works` share one ShapeClass. `fp32_decoder()` gives a float32 VAE decoder for chunks whose
-    decode is not finite in a lower precision (None: no retry possible).
+    decode is not finite in a lower precision (None: no retry possible). `should_stop()` is asked after every
+    denoising step: true (every job of the batch was cancelled) raises ChunkCancelled, so a cancelled job
+    stops within one U-Net step instead of one chunk.
     """
     from engine.face.mask import mask_to_latent
     from engine.models.vae import posterior_sample
@@ -56,6 +59,7 @@ def run_batch(runners, works: list[ChunkWork], clock: StageClock, *, max_vae_row
             runners.unet, latents, mask_latents, masked_latents, ref_latents, audio, steps=shape.steps,
             guidance_scale=shape.guidance_scale, deepcache_interval=shape.deepcache_interval, eta=shape.eta,
             generators=[w.generator for w in works] if shape.eta > 0 else None,
+            callback=_stop_check(should_stop),
         )
     with clock.stage("vae_decode"):
         per_request = list(latents.permute(0, 2, 1, 3, 4))  # n x [f,4,h,w]
@@ -71,6 +75,21 @@ def run_batch(runners, works: list[ChunkWork], clock: StageClock, *, max_vae_row
             m = work.masks.to(images.dtype)
             out.append(images * (1 - m) + work.pixel.to(images.dtype) * m)  # official paste in pixel space
     return out
+
+
+class ChunkCancelled(EngineError):
+    """Every job of a batch was cancelled while it ran; the batch stopped between denoising steps."""
+
+
+def _stop_check(should_stop: Callable[[], bool] | None):
+    if should_stop is None:
+        return None
+
+    def check(step: int, timestep: int, latents: Tensor) -> None:
+        if should_stop():
+            raise ChunkCancelled(f"chunk: cancelled after denoising step {step + 1}")
+
+    return check
 
 
 def _posteriors(vae, works: list[ChunkWork], dtype: torch.dtype, max_rows: int | None) -> list[Posterior]:

@@ -25,7 +25,7 @@ import torch
 from engine.errors import DeadlineExceededError, EngineError, GpuOutOfMemoryError, QueueFullError
 from engine.pipeline.heap import trim_heap
 from engine.runtime.batcher import Batcher
-from engine.runtime.device_step import run_batch
+from engine.runtime.device_step import ChunkCancelled, run_batch
 from engine.runtime.policy import EnginePolicy
 from engine.runtime.requests import ChunkWork, Request
 from engine.runtime.timing import StageClock
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 OOM_ERRORS = (torch.cuda.OutOfMemoryError,)  # torch.OutOfMemoryError on recent torch is the same class
 BLOCK_POLL_S = 0.05  # how often a blocked submitter re-checks for cancellation / close
+CANCELLED_MEMORY_S = 60.0  # a cancelled job's key is kept this long for the running batch to see it
 
 
 @dataclass
@@ -162,6 +163,7 @@ class _DeviceLoop:
         self.thread: threading.Thread | None = None
         self.stats = EngineStats()
         self._pending_clocks: list[StageClock] = []  # CUDA clocks not yet added to busy_s
+        self._cancelled: dict = {}  # job -> when cancel_job was called: a running batch of only these stops early
 
     # ------------------------------------------------------------------ front-end side
     def _ensure_thread(self) -> None:  # under the lock
@@ -208,6 +210,9 @@ class _DeviceLoop:
 
     def cancel_job(self, job: Hashable) -> int:
         with self._cond:
+            now = time.monotonic()
+            self._cancelled = {j: t for j, t in self._cancelled.items() if now - t < CANCELLED_MEMORY_S}
+            self._cancelled[job] = now
             removed = self._batcher.remove_job(job)
             self._cond.notify_all()
         for request in removed:
@@ -308,9 +313,15 @@ class _DeviceLoop:
         """Run `requests` (already marked running) and resolve each future; never raises."""
         states = _generator_states(requests)
         clock = StageClock(self.device, profile=self.policy.profile)
+        log.debug("running a batch of %d chunk(s)", len(requests))
         try:
             results = run_batch(self.runners, [r.work for r in requests], clock,
-                                max_vae_rows=self.policy.max_vae_rows, fp32_decoder=self._fp32_decoder)
+                                max_vae_rows=self.policy.max_vae_rows, fp32_decoder=self._fp32_decoder,
+                                should_stop=lambda: all(r.job in self._cancelled for r in requests))
+        except ChunkCancelled as exc:  # every job of the batch was cancelled: stopped between steps
+            log.info("batch of %d chunk(s) stopped: %s", len(requests), exc)
+            self._fail(requests, exc)
+            return
         except OOM_ERRORS as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             results = None

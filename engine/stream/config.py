@@ -12,6 +12,7 @@ MODES = ("utterance", "live")
 IDLE_POLICIES = ("passthrough", "silence")
 CHUNK_CHOICES = (8, 12, 16)
 MAX_LOOKAHEAD_MS = 2000.0
+CLIENT_OPTIONS = ("mode", "chunk_frames", "lookahead_ms", "idle", "realtime")  # what a server's client may set
 
 
 @dataclass(frozen=True)

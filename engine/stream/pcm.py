@@ -6,6 +6,7 @@ import numpy as np
 
 from engine.constants import HOP_LENGTH
 from engine.errors import InvalidInputError, QueueFullError
+from engine.media.audio import check_float_samples
 
 MIN_UTTERANCE_SAMPLES = 2 * HOP_LENGTH  # 20 ms: one whisper feature row
 
@@ -19,12 +20,7 @@ def to_float_pcm(samples) -> np.ndarray:
         return array.astype(np.float32) / 32768.0
     if array.dtype != np.float32:
         raise InvalidInputError(f"audio chunk: expected int16 or float32 samples at 16 kHz, found {array.dtype}")
-    if not np.isfinite(array).all():
-        raise InvalidInputError("audio chunk: expected finite samples, found NaN or Inf")
-    if array.size and np.abs(array).max() > 1.0 + 1e-6:
-        raise InvalidInputError(
-            f"audio chunk: expected float32 samples in [-1, 1], found peak {float(np.abs(array).max()):.3f}")
-    return array
+    return check_float_samples(array, "audio chunk")  # the SDK's check too
 
 
 class PcmBuffer:

@@ -16,12 +16,18 @@ server -> client
          {"index", "time_s", "audio_time_s", "wall_time", "kind", "utterance", "utterance_frame",
           "final", "source_index", "has_face", "dropped", "held"}, then the image bytes: JPEG, or PNG
          (lossless) when the server runs with frame_format "png" (cv2.imencode, RGB content)
-  text   {"type": "error", "error": "<class>", "message": "... expected ..., found ..."}
+  text   {"type": "error", "error": "<class>", "message": "... expected ..., found ...", "field": NAME}
+         ("field": only for a refused client message, naming the field)
          (QueueFullError keeps the session open: that chunk of speech was refused; resend it later)
   text   {"type": "closed", "stats": {...}}, then close code 1000
+Every client text message is validated by one declared schema (engine.stream.protocol, shared with the Ray
+ingress): strict types (`"realtime": "no"` is refused), no unknown fields, at most 4096 bytes and 2 levels of
+nesting (checked before parsing). A refusal sends the error message naming the field, then closes with 1008
+and the reason "invalid field NAME".
 Close codes: 1013 not ready / over the session cap / too many connections waiting to start (try again
-later), 1008 protocol violation (including no "start" within `start_timeout_s`), 1011 failure, 1001 the
-server is shutting down.
+later), 1008 protocol violation (including no "start" within `start_timeout_s`, and a started session idle
+for longer than `idle_timeout_s`: no client message while no speech is queued; its slot is freed),
+1011 failure, 1001 the server is shutting down.
 A session slot is taken only by a connection that has sent a valid "start"; connections that have not
 (yet) are bounded separately (`max_pending`) and closed after `start_timeout_s`.
 HTTP: GET /live -> 200 as soon as the process serves; GET /ready -> 200 once the models are loaded and
@@ -49,6 +55,7 @@ import numpy as np
 
 from engine.constants import FPS
 from engine.errors import EngineError, InvalidInputError, QueueFullError, expect
+from engine.stream.config import CLIENT_OPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +64,6 @@ CLOSE_TRY_LATER = 1013
 CLOSE_POLICY = 1008
 CLOSE_FAILURE = 1011
 STREAM_PATHS = ("/", "/stream")
-CLIENT_OPTIONS = ("mode", "chunk_frames", "lookahead_ms", "idle", "realtime")
 FRAME_POLL_S = 0.1
 SHUTDOWN_TIMEOUT_S = 30.0  # a graceful stop waits this long for sessions to close
 FRAME_FORMATS = {"jpeg": ".jpg", "png": ".png"}
@@ -75,11 +81,13 @@ class ServerConfig:
     frame_format: str = "jpeg"  # "png": lossless frames (exactly what the session made), larger and slower
     max_message_bytes: int = 1 << 20  # a speech message holds at most ~32 s of int16 PCM
     max_queued_seconds: float = 30.0  # per session
+    idle_timeout_s: float = 60.0  # a started session with no client message and no queued speech this long: closed
 
     def __post_init__(self) -> None:
         expect(self.max_sessions >= 1, InvalidInputError, "max_sessions", ">= 1", self.max_sessions)
         expect(self.max_pending >= 1, InvalidInputError, "max_pending", ">= 1", self.max_pending)
         expect(self.start_timeout_s > 0, InvalidInputError, "start_timeout_s", "> 0", self.start_timeout_s)
+        expect(self.idle_timeout_s > 0, InvalidInputError, "idle_timeout_s", "> 0", self.idle_timeout_s)
         expect(1 <= self.jpeg_quality <= 100, InvalidInputError, "jpeg_quality", "1..100", self.jpeg_quality)
         expect(self.frame_format in FRAME_FORMATS, InvalidInputError, "frame_format", f"one of {sorted(FRAME_FORMATS)}",
                repr(self.frame_format))
@@ -112,6 +120,16 @@ def decode_frame(message: bytes) -> tuple[dict, np.ndarray]:
     header = json.loads(message[HEADER_LENGTH.size:HEADER_LENGTH.size + n])
     jpeg = np.frombuffer(message[HEADER_LENGTH.size + n:], np.uint8)
     return header, cv2.imdecode(jpeg, cv2.IMREAD_COLOR)[..., ::-1]
+
+
+def error_message(exc: BaseException) -> dict:
+    """{"type": "error", "error": <engine.errors class>, "message": ...}; a protocol refusal is an
+    InvalidInputError with "field" naming the field it refused."""
+    from engine.stream.protocol import ProtocolError
+
+    if isinstance(exc, ProtocolError):
+        return {"type": "error", "error": "InvalidInputError", "message": str(exc), "field": exc.field}
+    return {"type": "error", "error": type(exc).__name__, "message": str(exc)}
 
 
 def pcm_from_message(message: bytes) -> np.ndarray:
@@ -375,47 +393,55 @@ class LipSyncServer:
                 self._sessions.discard(session)
 
     def _parse_start(self, message) -> tuple:
-        expect(isinstance(message, str), InvalidInputError, "first message", 'a text {"type": "start", ...}',
-               "binary data")
-        start = _parse_json(message)
-        expect(start.get("type") == "start", InvalidInputError, "first message type", "start", start.get("type"))
-        name = start.get("source")
-        expect(name in self.sources, InvalidInputError, "source", f"one of {sorted(self.sources)}", repr(name))
-        unknown = sorted(set(start) - {"type", "source", *CLIENT_OPTIONS})
-        expect(not unknown, InvalidInputError, "start options", f"only {CLIENT_OPTIONS}", unknown)
-        options = {k: start[k] for k in CLIENT_OPTIONS if k in start}
-        try:
-            config = dataclasses.replace(self._defaults, max_queued_seconds=self.config.max_queued_seconds,
-                                         **options)
-        except TypeError as exc:
-            raise InvalidInputError(f"start options: expected valid values, found {options}") from exc
-        return name, config
+        from engine.stream.protocol import parse_start
+
+        start = parse_start(message)  # the declared schema (ProtocolError naming the field)
+        expect(start.source in self.sources, InvalidInputError, "source", f"one of {sorted(self.sources)}",
+               repr(start.source))
+        config = dataclasses.replace(self._defaults, max_queued_seconds=self.config.max_queued_seconds,
+                                     **start.options())
+        return start.source, config
 
     async def _receive(self, ws, session, sender) -> bool:
-        """Feed the session until the client asks to close (-> drain?) or the frames stop."""
+        """Feed the session until the client asks to close (-> drain?) or the frames stop; a session idle for
+        `idle_timeout_s` (no client message, no queued speech) ends with a ProtocolError (1008)."""
+        from engine.stream.protocol import Close, ProtocolError, parse_control
+
+        idle_timeout = self.config.idle_timeout_s
+        last_active = time.monotonic()
+        recv = None
         while True:
-            recv = asyncio.ensure_future(ws.recv())
-            done, _ = await asyncio.wait({recv, sender}, return_when=asyncio.FIRST_COMPLETED)
+            if recv is None:
+                recv = asyncio.ensure_future(ws.recv())
+            done, _ = await asyncio.wait({recv, sender}, return_when=asyncio.FIRST_COMPLETED,
+                                         timeout=min(idle_timeout, 1.0))
+            now = time.monotonic()
+            if not done:
+                if session.speech.queued_samples() > 0:
+                    last_active = now  # still rendering the client's speech: not idle
+                elif now - last_active > idle_timeout:
+                    recv.cancel()
+                    await asyncio.gather(recv, return_exceptions=True)
+                    raise ProtocolError(f"session: expected a message within the idle timeout of {idle_timeout:g} s, "
+                                        f"found none for {now - last_active:.1f} s; closed to free its slot",
+                                        "idle timeout")
+                continue
             if recv not in done:  # the session ended (failure): stop listening
                 recv.cancel()
                 await asyncio.gather(recv, return_exceptions=True)
                 sender.result()  # raises the session's error
                 return False
-            message = recv.result()
+            message, recv, last_active = recv.result(), None, now
             if isinstance(message, bytes):
                 try:
                     session.push_audio(pcm_from_message(message))
                 except QueueFullError as exc:
                     await self._report(ws, exc)
                 continue
-            control = _parse_json(message)
-            kind = control.get("type")
-            if kind == "end_of_speech":
-                session.end_of_speech()
-            elif kind == "close":
-                return bool(control.get("drain", False))
-            else:
-                raise InvalidInputError(f"control message type: expected end_of_speech or close, found {kind!r}")
+            control = parse_control(message)
+            if isinstance(control, Close):
+                return control.drain
+            session.end_of_speech()
 
     async def _send_frames(self, ws, session) -> None:
         loop = asyncio.get_running_loop()
@@ -433,9 +459,9 @@ class LipSyncServer:
         from websockets.exceptions import ConnectionClosed
 
         try:
-            await ws.send(json.dumps({"type": "error", "error": type(exc).__name__, "message": str(exc)}))
-            if close_code is not None:
-                await ws.close(close_code, (reason or type(exc).__name__)[:120])
+            await ws.send(json.dumps(error_message(exc)))
+            if close_code is not None:  # a protocol refusal's reason names the field
+                await ws.close(close_code, (reason or getattr(exc, "close_reason", None) or type(exc).__name__)[:120])
         except ConnectionClosed:
             pass
 
@@ -452,12 +478,3 @@ class _LifecycleAtDebug(logging.LoggerAdapter):
 def _peer(ws) -> str:
     address = getattr(ws, "remote_address", None)
     return f"{address[0]}:{address[1]}" if address else "?"
-
-
-def _parse_json(message: str) -> dict:
-    try:
-        data = json.loads(message)
-    except ValueError as exc:
-        raise InvalidInputError(f"control message: expected JSON, found {message[:80]!r}") from exc
-    expect(isinstance(data, dict), InvalidInputError, "control message", "a JSON object", type(data).__name__)
-    return data

@@ -185,14 +185,38 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
 
 
 def atomic_write(path: Path, writer) -> None:
-    """Call writer(tmp_path) on a temporary file beside `path`, then rename it into place."""
+    """Call writer(tmp_path) on a temporary file beside `path`, then rename it into place.
+
+    The temporary name is shortened to fit NAME_MAX (any legal `path` works). A full disk (or quota, file
+    size limit, I/O error) raises OutputWriteError naming `path` and the free space; nothing is left behind.
+    """
+    from engine.media.paths import is_write_failure, output_write_error
+
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        tmp = _temporary_file(path)
         writer(tmp)
         os.chmod(tmp, default_mode())  # mkstemp makes it private (0600); the result is an ordinary file
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if is_write_failure(exc):
+            raise output_write_error(path, exc) from exc
         raise
+    except BaseException:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _temporary_file(path: Path) -> str:
+    """A new empty private file beside `path` (`.<name>.XXXXXXXX.tmp`, the name shortened to fit NAME_MAX)."""
+    from engine.media.paths import temporary_name
+
+    prefix = temporary_name(path, ".XXXXXXXX.tmp").name[: -len("XXXXXXXX.tmp")]
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return tmp
