@@ -88,7 +88,7 @@ def test_official_sizes_cost_the_real_unet_without_weights():
     assert shape.outputs["noise_pred"][0] == (2, 4, 16, 64, 64)
 
 
-def test_modelled_run_has_the_frames_timestamps_and_audio_of_a_real_run(clip, tmp_path):
+def test_modelled_run_has_the_frames_timestamps_and_audio_of_a_real_run(clip, tmp_path, monkeypatch):
     from engine.backends import EngineConfig
     from engine.modelled.executor import ModelledOptions
     from engine.pipeline.device import choose_placement
@@ -96,7 +96,10 @@ def test_modelled_run_has_the_frames_timestamps_and_audio_of_a_real_run(clip, tm
     from engine.weights import load_models
 
     video, wav = clip
-    models = load_models("tiny-random", device="cpu")
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import random_models  # the micro model: the tiny-random U-Net at 32 channels, an 8-channel VAE (fast real run)
+
+    models = load_models(str(random_models.write_micro_model(tmp_path / "micro")), device="cpu")
     placement = choose_placement("cpu", "fp32")
     outputs = {}
     for backend in ("torch", "modelled"):

@@ -67,7 +67,7 @@ class NetworkTally:
     calls: int = 0
     flops: float = 0.0
     modelled_ms: float = 0.0  # the cost model's device time (before cpu_scale)
-    slept_s: float = 0.0  # wall time actually slept (cost x cpu_scale, plus the OS's lateness)
+    slept_s: float = 0.0  # wall time the calls took (cost x cpu_scale, plus the OS's lateness)
 
     def as_dict(self) -> dict:
         return {"calls": self.calls, "flops": self.flops, "modelled_ms": round(self.modelled_ms, 3),
@@ -87,7 +87,6 @@ class ModelledDevice:
         self.options = options
         self.profile = options.gpu_profile()
         self._lock = threading.Lock()
-        self._shapes: dict[tuple, _Shape] = {}
         self.tallies: dict[str, NetworkTally] = {}
         self._meta: dict[str, nn.Module] = {}  # network -> wrapped meta-device module
         self.started = time.monotonic()
@@ -101,41 +100,45 @@ class ModelledDevice:
             self._meta[network] = wrap(network, _on_meta(network, module, self.options.network_sizes))
 
     def shape_of(self, network: str, feeds: Mapping[str, Tensor]) -> _Shape:
-        """FLOPs and output shapes of one call, counted once per (network, input shapes and dtypes)."""
-        key = (network, tuple((n, tuple(t.shape), t.dtype) for n, t in feeds.items()))
-        with self._lock:
-            known = self._shapes.get(key)
-        if known is not None:
-            return known
-        from torch.utils.flop_counter import FlopCounterMode
+        """FLOPs and output shapes of one call.
 
+        Every network's work is linear in its leading (batch / rows) axis: the U-Net's rows are independent
+        samples (its attention spans a sample's frames, never rows), VAE rows are images, whisper rows are windows.
+        So one row is counted, once per (module, per-row shapes, dtypes) in the process, and scaled by the rows:
+        batching never triggers a new count, and engines with other options share the counts."""
         from export.specs import get_spec
 
-        spec = get_spec(network)
-        args = [torch.empty(feeds[n].shape, dtype=feeds[n].dtype, device="meta") for n in spec.input_names]
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            outs = self._meta[network](*args)
-        outs = outs if isinstance(outs, tuple) else (outs,)
-        main = feeds[spec.input_names[0]].dtype
-        shape = _Shape(float(counter.get_total_flops()),
-                       {n: (tuple(o.shape), main) for n, o in zip(spec.output_names, outs)})
-        with self._lock:
-            self._shapes[key] = shape
-        return shape
+        rows = int(feeds[get_spec(network).input_names[0]].shape[0])
+        per_row = tuple((n, (int(t.shape[0]) // rows, *t.shape[1:]), t.dtype) for n, t in feeds.items())
+        module = self._meta[network]
+        inner = next(module.children())  # the shared meta network behind this device's wrapper
+        key = (id(inner), network, per_row)
+        with _COUNT_LOCK:
+            one = _COUNTS.get(key)
+        if one is None:
+            one = _count(network, module, per_row)
+            with _COUNT_LOCK:
+                _COUNTS[key] = one
+                _KEEP[id(inner)] = inner  # ids stay unique while the module lives
+        return _Shape(one.flops * rows, {n: ((s[0] * rows, *s[1:]), dtype) for n, (s, dtype) in one.outputs.items()})
 
     def run(self, network: str, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Sleep for the modelled time of this call (x cpu_scale), return zeros of the output shapes."""
+        """Occupy the caller for the modelled time of this call (x cpu_scale), return zeros of the output shapes.
+
+        The first call of a shape counts its FLOPs on the meta device (host work a real GPU call does not have):
+        that time is taken off the sleep, so the call still lasts its modelled time unless counting took longer."""
+        t0 = time.perf_counter()
         shape = self.shape_of(network, feeds)
         ms = predict_ms(self.profile, network, shape.flops, self.options.dtype)
-        t0 = time.perf_counter()
-        time.sleep(ms * self.options.cpu_scale / 1000.0)  # releases the GIL, as a device call waiting on a GPU
-        slept = time.perf_counter() - t0
+        counted = time.perf_counter() - t0
+        time.sleep(max(0.0, ms * self.options.cpu_scale / 1000.0 - counted))  # releases the GIL, as a GPU wait does
+        busy = time.perf_counter() - t0
         with self._lock:
             tally = self.tallies.setdefault(network, NetworkTally())
             tally.calls += 1
             tally.flops += shape.flops
             tally.modelled_ms += ms
-            tally.slept_s += slept
+            tally.slept_s += busy
         return {name: torch.zeros(s, dtype=dtype) for name, (s, dtype) in shape.outputs.items()}
 
     # ------------------------------------------------------------------ reporting
@@ -154,6 +157,27 @@ class ModelledDevice:
                 "dtype": self.options.dtype, "cpu_scale": self.options.cpu_scale,
                 "network_sizes": self.options.network_sizes, "networks": tallies,
                 "modelled_device_ms": round(modelled_ms, 3), "slept_s": round(slept, 4)}
+
+
+_COUNTS: dict[tuple, _Shape] = {}  # (module id, network, per-row input shapes) -> one row's FLOPs and outputs
+_KEEP: dict[int, nn.Module] = {}
+_COUNT_LOCK = threading.Lock()
+
+
+def _count(network: str, module: nn.Module, per_row: tuple) -> _Shape:
+    """FLOPs and output shapes of one row of `network`, on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from export.specs import get_spec
+
+    spec = get_spec(network)
+    shapes = {n: (shape, dtype) for n, shape, dtype in per_row}
+    args = [torch.empty(shapes[n][0], dtype=shapes[n][1], device="meta") for n in spec.input_names]
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        outs = module(*args)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    main = shapes[spec.input_names[0]][1]
+    return _Shape(float(counter.get_total_flops()), {n: (tuple(o.shape), main) for n, o in zip(spec.output_names, outs)})
 
 
 class ModelledExecutor:
