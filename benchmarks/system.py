@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,15 +49,24 @@ class Scenario:
     resolution: int
     streams: int
     cpu_scale: float
+    seconds: float  # speech per job / session
 
 
 def plan(args) -> list[Scenario]:
-    k = args.cpu_scale
+    """The scenarios, grouped by resolution (one engine each). --quick (this shared 2-core box: under 5 minutes at a
+    moderate load) gives the target scenario, reference at 512, two chunks, and everything else one chunk per job."""
+    k, long = args.cpu_scale, args.seconds
+    short = min(long, 0.64) if args.quick or args.smoke else long  # 16 frames: one full chunk
     if args.smoke:  # CI: seconds, not a measurement
-        return [Scenario("fast-256-1job", "jobs", "fast", 256, 1, k), Scenario("fast-256-1streams", "streams", "fast", 256, 1, 1.0)]
-    out = [Scenario(f"{p}-{r}-1job", "jobs", p, r, 1, k) for p in ("reference", "fast") for r in (512, 256)]
-    out += [Scenario(f"fast-256-{n}jobs", "jobs", "fast", 256, n, k) for n in (2, 4, 8)]
-    out += [Scenario(f"fast-256-{n}streams", "streams", "fast", 256, n, 1.0) for n in ((1, 2) if args.quick else (1, 2, 4))]
+        return [Scenario("fast-256-1job", "jobs", "fast", 256, 1, k, short),
+                Scenario("fast-256-1streams", "streams", "fast", 256, 1, 1.0, short)]
+    out = [Scenario("reference-512-1job", "jobs", "reference", 512, 1, k, long),
+           Scenario("fast-512-1job", "jobs", "fast", 512, 1, k, short),
+           Scenario("reference-256-1job", "jobs", "reference", 256, 1, k, short),
+           Scenario("fast-256-1job", "jobs", "fast", 256, 1, k, short)]
+    out += [Scenario(f"fast-256-{n}jobs", "jobs", "fast", 256, n, k, short) for n in (2, 4, 8)]
+    out += [Scenario(f"fast-256-{n}streams", "streams", "fast", 256, n, 1.0, long)
+            for n in ((1, 2) if args.quick else (1, 2, 4))]
     return out
 
 
@@ -148,16 +158,16 @@ def load_engine(args, resolution: int, cpu_scale: float):
     return sync, sync.core.runners.unet.full.device_model
 
 
-def inputs(args, tmp: Path) -> list[tuple[Path, Path]]:
-    """(video, trimmed speech wav) per demo clip: the 1080x1920 clips as they are, speech cut to --seconds."""
+def inputs(args, tmp: Path, seconds: float) -> list[tuple[Path, Path]]:
+    """(video, trimmed speech wav) per demo clip: the 1080x1920 clips as they are, speech cut to `seconds`."""
     from engine.media import load_audio
     from engine.media.writer import write_wav
 
     pairs = []
     for k, video in enumerate(args.video):
         audio = Path(str(video).replace("_video.mp4", "_audio.wav"))
-        speech = load_audio(audio)[: int(args.seconds * 16000)]
-        wav = write_wav(tmp / f"speech{k}.wav", speech)
+        speech = load_audio(audio)[: int(seconds * 16000)]
+        wav = write_wav(tmp / f"speech{k}-{seconds:g}s.wav", speech)
         pairs.append((Path(video), wav))
     return pairs
 
@@ -171,19 +181,19 @@ def layout_tail(samples: int, chunk: int = 16) -> int:
     return min(last_start + chunk, official) - last_start
 
 
-def warm_up(sync, device_model, scenarios: list[Scenario], pairs, args) -> None:
+def warm_up(sync, device_model, scenarios: list[Scenario], pairs: Callable[[float], list], args) -> None:
     """Every shape the scenarios will run, once, before timing (the modelled device counts FLOPs per new per-row
     shape; a real device loads kernels): the engine's warm-up with the jobs' tail chunk, then, for live scenarios,
     one untimed live session on the same speech (live whisper windows and tails have their own shapes)."""
     from engine.pipeline.config import resolve_config
 
     t0 = time.perf_counter()
-    tail = layout_tail(int(args.seconds * 16000))
+    tails = sorted({layout_tail(int(s.seconds * 16000)) for s in scenarios if s.kind == "jobs"} - {16})
     configs = [resolve_config(p) for p in sorted({s.preset for s in scenarios})]
-    sync.warm_up(configs, batch_sizes=[1], tails=[tail] if tail != 16 else [])
+    sync.warm_up(configs, batch_sizes=[1], tails=tails)
     live = [s for s in scenarios if s.kind == "streams"]
     if live:
-        run_streams(sync, device_model, replace(live[0], streams=1), pairs, args)
+        run_streams(sync, device_model, replace(live[0], streams=1), pairs(live[0].seconds), args)
     print(f"[system] warm-up {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
 
 
@@ -192,6 +202,8 @@ def run_jobs(sync, device_model, scenario: Scenario, pairs, tmp: Path, args) -> 
     from engine.pipeline.config import resolve_config
 
     config = resolve_config(scenario.preset)
+    # offline single jobs keep the quality default; concurrent jobs are throughput runs (--throughput-encode-preset)
+    preset = args.encode_preset if scenario.streams == 1 else args.throughput_encode_preset
     if device_model is not None:
         device_model.reset()
     before = sync.core.engine.stats()
@@ -199,7 +211,7 @@ def run_jobs(sync, device_model, scenario: Scenario, pairs, tmp: Path, args) -> 
     with ThreadCpu() as threads:
         t0 = time.perf_counter()
         handles = [sync.submit(str(pairs[k % len(pairs)][0]), str(pairs[k % len(pairs)][1]),
-                               tmp / f"{scenario.name}-{k}.mp4", config=config, crf=args.crf)
+                               tmp / f"{scenario.name}-{k}.mp4", config=config, crf=args.crf, encode_preset=preset)
                    for k in range(scenario.streams)]
         results = [h.result() for h in handles]
         wall = time.perf_counter() - t0
@@ -213,7 +225,7 @@ def run_jobs(sync, device_model, scenario: Scenario, pairs, tmp: Path, args) -> 
         for name, s in h.stages.timer.cpu_dict().items():
             stage_cpu[name] = stage_cpu.get(name, 0.0) + s
     return summarise(scenario, sync, device_model, before, wall, cpu, frames, stage_wall, stage_cpu, threads, args,
-                     extra={"output_bytes_per_s": round(sum(Path(r.output_path).stat().st_size for r in results)
+                     extra={"encode_preset": preset, "output_bytes_per_s": round(sum(Path(r.output_path).stat().st_size for r in results)
                                                         / (frames / FPS), 1) if frames else None})
 
 
@@ -414,9 +426,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--calibration", default=None, help="calibration file from benchmarks/gpu_check.py")
     p.add_argument("--cpu-scale", type=float, default=8.0, help="K: device time x K, this CPU stands for K x cores")
     p.add_argument("--video", nargs="+", default=None, help="source clips (default: the demo clips)")
-    p.add_argument("--seconds", type=float, default=None, help="speech per job (default 2, --quick 2, --smoke 0.5)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="speech of the long scenarios (default 4, --quick 1.28; one-chunk scenarios take 0.64)")
     p.add_argument("--face", default="mediapipe")
     p.add_argument("--crf", type=int, default=18)
+    p.add_argument("--encode-preset", default="medium", help="x264 preset of single offline jobs (quality default)")
+    p.add_argument("--throughput-encode-preset", default="veryfast",
+                   help="x264 preset of the N-concurrent-jobs (throughput) scenarios")
     p.add_argument("--chunk", type=int, default=16, help="live chunk frames")
     p.add_argument("--only", nargs="*", default=None, help="run only these scenario names")
     p.add_argument("--out", type=Path, default=None, help="JSON path, or a folder (writes system.json in it)")
@@ -424,7 +440,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.video is None:
         args.video = [SHARED / "media" / "demo1_video.mp4", SHARED / "media" / "demo2_video.mp4"]
     if args.seconds is None:
-        args.seconds = 0.5 if args.smoke else 2.0
+        args.seconds = 0.64 if args.smoke else 1.28 if args.quick else 4.0
     if args.device == "cuda":
         args.cpu_scale = 1.0
     if args.out is None:
@@ -441,7 +457,13 @@ def main(argv=None) -> dict:
     start_load = machine_info()
     with tempfile.TemporaryDirectory(prefix="system-bench-") as tmp:
         tmp = Path(tmp)
-        pairs = inputs(args, tmp)
+        made: dict[float, list] = {}
+
+        def pairs(seconds: float) -> list:
+            if seconds not in made:
+                made[seconds] = inputs(args, tmp, seconds)
+            return made[seconds]
+
         engines: dict[tuple[int, float], tuple] = {}
         for scenario in scenarios:
             key = (scenario.resolution, scenario.cpu_scale)
@@ -452,8 +474,9 @@ def main(argv=None) -> dict:
                 warm_up(*engines[key], [s for s in scenarios if (s.resolution, s.cpu_scale) == key], pairs, args)
             sync, device_model = engines[key]
             print(f"[system] {scenario.name} ...", file=sys.stderr, flush=True)
-            row = (run_streams(sync, device_model, scenario, pairs, args) if scenario.kind == "streams"
-                   else run_jobs(sync, device_model, scenario, pairs, tmp, args))
+            row = (run_streams(sync, device_model, scenario, pairs(scenario.seconds), args) if scenario.kind == "streams"
+                   else run_jobs(sync, device_model, scenario, pairs(scenario.seconds), tmp, args))
+            row["speech_s_per_job"] = scenario.seconds
             row["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
             rows.append(row)
             print(f"[system] {scenario.name}: {row['measured_frames_per_s']} frames/s measured, "
@@ -470,7 +493,8 @@ def main(argv=None) -> dict:
         "command": "python benchmarks/system.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "machine": machine, "versions": versions(),
         "inputs": {"videos": [str(Path(v).name) for v in args.video], "speech_s_per_job": args.seconds,
-                   "face": args.face, "crf": args.crf},
+                   "face": args.face, "crf": args.crf, "encode_preset": args.encode_preset,
+                   "throughput_encode_preset": args.throughput_encode_preset},
         "profile": args.profile if args.device == "modelled" else None, "cpu_scale": args.cpu_scale,
         "targets": targets(rows), "scenarios": rows,
     }
