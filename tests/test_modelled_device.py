@@ -133,3 +133,13 @@ def test_system_benchmark_smoke(tmp_path, media):
         assert 0 < row["device_busy_fraction"] <= 1.05 and row["cores_used"] > 0 and row["bound_stage"]
         assert row["cpu_ms_per_frame"]["decode"] > 0
     assert (tmp_path / "system.png").exists()
+
+
+def test_encode_preset_is_checked_before_any_work(tmp_path):
+    from engine.errors import InvalidInputError
+    from engine.pipeline.sdk import DEFAULT_ENCODE_PRESET, check_encode_preset
+
+    assert DEFAULT_ENCODE_PRESET == "medium"  # offline output keeps the quality default
+    check_encode_preset("veryfast")
+    with pytest.raises(InvalidInputError, match="encode preset"):
+        check_encode_preset("warp-speed")
