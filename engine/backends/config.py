@@ -56,6 +56,7 @@ class EngineConfig:
     compile_mode: str | None = None  # torch.compile mode; None: reduce-overhead on CUDA (default without graphs)
     compile_cuda_graphs: bool = True  # let torch.compile capture CUDA graphs (CUDA only)
     device: DeviceOptions = field(default_factory=DeviceOptions)
+    modelled: Any = None  # engine.modelled.executor.ModelledOptions for `--backend modelled` (None: its defaults)
 
     def __post_init__(self) -> None:
         for name in ("batch", "frames", "audio_batch"):

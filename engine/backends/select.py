@@ -11,6 +11,7 @@ artifacts are stale and building is not allowed (R15).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from pathlib import Path
@@ -32,6 +33,10 @@ from export.wrappers import geometry_of, graph_dtype, module_device, module_dtyp
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt")
+# Backends that only run when named: never chosen by `auto`, never listed as a real runtime. `modelled` stands in
+# for a GPU with a cost model (engine.modelled): its results are modelled, never measured.
+MODELLED = "modelled"
+EXPLICIT_ONLY = (MODELLED,)
 ARTIFACT_BACKENDS = ("onnxruntime", "tensorrt")  # run from exported / built files
 AUTO = "auto"
 GROUP_ALIASES = {"audio_encoder": "audio", "whisper": "audio", "unet_shallow": "unet"}
@@ -50,7 +55,9 @@ AUTO_ORDER = {
 def unavailable_reason(backend: str, device: torch.device | str) -> str | None:
     """Why `backend` cannot run on `device` on this machine, or None when it can."""
     device = torch.device(device)
-    expect(backend in BACKENDS, InvalidInputError, "backend", BACKENDS, backend)
+    expect(backend in (*BACKENDS, *EXPLICIT_ONLY), InvalidInputError, "backend", (*BACKENDS, *EXPLICIT_ONLY), backend)
+    if backend == MODELLED:
+        return None if device.type == "cpu" else f"the modelled device runs on the host (cpu), not {device}"
     if backend == "torch":
         return None
     if backend == "compile":
@@ -88,7 +95,7 @@ def availability(device: torch.device | str | None = None) -> dict[str, dict[str
 def parse_backend_request(text: str) -> dict[str, str]:
     """'auto' | 'tensorrt' | 'unet=tensorrt,vae=torch' -> {group: backend} for every group (missing: auto)."""
     text = (text or AUTO).strip().lower()
-    allowed = (*BACKENDS, AUTO)
+    allowed = (*BACKENDS, *EXPLICIT_ONLY, AUTO)
     if "=" not in text:
         expect(text in allowed, InvalidInputError, "backend", f"one of {allowed} or group=backend pairs", text)
         return {group: text for group in NETWORK_GROUPS}
@@ -178,6 +185,10 @@ def _onnx_path(ctx: BackendContext, network: str, module, allow_build: bool) -> 
 def make_executor(backend: str, network: str, ctx: BackendContext, *, allow_build: bool) -> Executor:
     """One executor of `network` on `backend` (exports / builds artifacts only when `allow_build`)."""
     module = ctx.modules[GROUP_OF[network]]
+    if backend == MODELLED:
+        from engine.modelled.executor import ModelledExecutor, ModelledOptions, device_for
+
+        return ModelledExecutor(network, module, device_for(ctx.options.modelled or ModelledOptions()))
     if backend == "torch":
         from engine.backends.torch_backend import TorchExecutor
 
@@ -270,6 +281,10 @@ def create_runners(models, backend: str = AUTO, *, device: torch.device | str | 
             "backend auto: %s%s%s", describe_choice(choice), why, f"; rejected {_describe(rejected)}" if rejected else "")
     settings.update(backends=dict(choice), artifact_dir=str(config.artifact_dir) if config.artifact_dir else None,
                     artifacts_opted_in=config.artifacts_opted_in)
+    if MODELLED in choice.values():  # a modelled run says so in every report built from its settings
+        from engine.modelled.executor import ModelledOptions
+
+        settings.update(modelled=True, modelled_device=dataclasses.asdict(config.modelled or ModelledOptions()))
     return Runners(
         unet=UNetRunner(executors["unet"]["unet"], executors["unet"]["unet_shallow"]),
         vae=VaeRunner(executors["vae"]["vae_encoder"], executors["vae"]["vae_decoder"]),

@@ -16,6 +16,9 @@ def register(subparsers) -> None:
     add_generation_options(p)
     p.add_argument("--strict-faces", action="store_true", help="fail if any frame has no face (default: pass through)")
     p.add_argument("--crf", type=int, default=18, help="x264 quality (lower is better; default 18)")
+    p.add_argument("--encode-preset", default="medium",
+                   help="x264 preset (default medium; veryfast/ultrafast encode 1080p several times faster at a "
+                        "larger file, see docs/system-benchmark.md)")
     add_length_option(p)
     p.add_argument("--report", help="write a JSON report (timings per stage, frame counts, no-face ranges)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -36,10 +39,14 @@ def _run(args: argparse.Namespace) -> int:
         check_output(args.report, inputs=(("--video", args.video), ("--audio", args.audio), ("--output", args.output)),
                      suffixes=None, what="--report")
     config = generation_settings(args)  # bad settings: typed errors before the model loads
+    from engine.pipeline.sdk import check_encode_preset
+
+    check_encode_preset(args.encode_preset)
     sync = load_sync(args)
     with progress_bar(desc="lip-sync", unit="frame", enabled=not args.no_progress) as bar:
         result = sync.run(args.video, checked.samples, str(checked.output), config=config,
-                          strict_faces=args.strict_faces, crf=args.crf, progress=bar.callback, length=args.length)
+                          strict_faces=args.strict_faces, crf=args.crf, progress=bar.callback, length=args.length,
+                          encode_preset=args.encode_preset)
     if args.report:
         write_report(result, args.report)
     print(result.summary())

@@ -58,19 +58,28 @@ class StageTimer:
     """
 
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    cpu_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # the timing thread's CPU time
     profile: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def measure(self, stage: str) -> "_Span":
         return _Span(self, stage)
 
-    def add(self, stage: str, seconds: float) -> None:
+    def add(self, stage: str, seconds: float, cpu_seconds: float | None = None) -> None:
         with self._lock:
             self.seconds[stage] += seconds
+            if cpu_seconds is not None:
+                self.cpu_seconds[stage] += cpu_seconds
 
     def as_dict(self) -> dict[str, float]:
         with self._lock:
             return {k: round(v, 6) for k, v in self.seconds.items()}
+
+    def cpu_dict(self) -> dict[str, float]:
+        """CPU seconds per stage of the threads that ran it (excludes waiting: wall minus this is time off-CPU;
+        native helper threads a stage starts, e.g. x264's, are not included)."""
+        with self._lock:
+            return {k: round(v, 6) for k, v in self.cpu_seconds.items()}
 
 
 class _Span:
@@ -81,11 +90,12 @@ class _Span:
         if self.timer.profile:
             _sync_cuda()
         self.t0 = time.perf_counter()
+        self.c0 = time.thread_time()
 
     def __exit__(self, *exc) -> None:
         if self.timer.profile:
             _sync_cuda()  # asynchronous GPU work is charged to the stage that queued it
-        self.timer.add(self.stage, time.perf_counter() - self.t0)
+        self.timer.add(self.stage, time.perf_counter() - self.t0, time.thread_time() - self.c0)
 
 
 def _sync_cuda() -> None:

@@ -20,6 +20,9 @@ from engine.pipeline.device import Placement, choose_placement
 from engine.pipeline.faces import make_landmark_source, needs_detector
 
 log = logging.getLogger(__name__)
+# x264 preset of offline outputs: quality first by default; throughput runs and live serving pick a faster one
+# (benchmarks/encode_presets.py measures encode ms/frame, bytes/s and PSNR per preset on the demo clips).
+DEFAULT_ENCODE_PRESET = "medium"
 CANCEL_WAIT_S = 30.0  # how long an interrupted call waits for its job to clean up (one device batch at most)
 SIGNAL_POLL_S = 0.1  # how often a waiting call lets pending signal handlers run
 
@@ -166,23 +169,27 @@ class LipSync:
         crf: int = 18,
         progress: Callable[[int, int], None] | None = None,
         length: str = DEFAULT_LENGTH,
+        encode_preset: str = DEFAULT_ENCODE_PRESET,
     ) -> SyncResult:
         """Lip-sync `video` (path, [T,H,W,3] uint8 array or iterable of frames) to `audio`
         (path or float32 16 kHz mono array). Writes `output` (mp4) if given, else returns frames.
         `length`: "audio" (default: the output is as long as the speech, within one frame) or
-        "official" (N//2 + 2 frames, two more than the speech, as the official pipeline)."""
+        "official" (N//2 + 2 frames, two more than the speech, as the official pipeline). `encode_preset`: the x264
+        preset of the output (default "medium", the quality default; "veryfast"/"ultrafast" for throughput and live
+        serving: see docs/system-benchmark.md for the size/quality trade-off measured on the demo clips)."""
         config = resolve_config(
             preset, steps=steps, guidance_scale=guidance, seed=seed,
             deepcache_interval=deepcache if deepcache else None, deepcache_off=deepcache == 0,
         )
         return self.run(video, audio, output, config=config, face=face, strict_faces=strict_faces,
-                        crf=crf, progress=progress, length=length)
+                        crf=crf, progress=progress, length=length, encode_preset=encode_preset)
 
     def run(self, video, audio, output=None, *, config: SyncConfig, face: str | None = None,
-            strict_faces: bool = False, crf: int = 18, progress=None, length: str = DEFAULT_LENGTH) -> SyncResult:
+            strict_faces: bool = False, crf: int = 18, progress=None, length: str = DEFAULT_LENGTH,
+            encode_preset: str = DEFAULT_ENCODE_PRESET) -> SyncResult:
         """One job, submitted and waited for (see `submit`)."""
         handle = self.submit(video, audio, output, config=config, face=face, strict_faces=strict_faces, crf=crf,
-                             progress=progress, length=length)
+                             progress=progress, length=length, encode_preset=encode_preset)
         try:
             # Wake up now and then: a signal that lands on another thread (Ctrl-C, SIGTERM) only raises in this,
             # the main thread, when it runs Python code, not while it blocks on a lock.
@@ -200,7 +207,7 @@ class LipSync:
 
     def submit(self, video, audio, output=None, *, config: SyncConfig | None = None, face=None,
                strict_faces: bool = False, crf: int = 18, progress=None, length: str = DEFAULT_LENGTH,
-               deadline: float | None = None):
+               deadline: float | None = None, encode_preset: str = DEFAULT_ENCODE_PRESET):
         """Queue one job and return its `JobHandle` (`result(timeout)`, `cancel()`, `done()`) at once.
 
         The job's stages run on their own threads (prepare: decode, faces, alignment, masks; finish:
@@ -211,9 +218,11 @@ class LipSync:
         """
         config = config if config is not None else resolve_config("reference")
         check_length(length)
+        check_encode_preset(encode_preset)
         audio, output = checked_inputs(video, audio, output)  # typed errors now, before any work is queued
         stages = _SyncJob(self, video, audio, output, config=config, face=face if face is not None else self.face,
-                          strict_faces=strict_faces, crf=crf, progress=progress, length=length, deadline=deadline)
+                          strict_faces=strict_faces, crf=crf, progress=progress, length=length, deadline=deadline,
+                          encode_preset=encode_preset)
         return self._jobs.submit(stages, key=stages.key, deadline=deadline)
 
     def warm_up(self, configs=None, **kwargs) -> dict:
@@ -275,11 +284,19 @@ class LipSync:
             return iter(video), video.shape[1:3], video.shape[0], True
         return checked_frames(video), None, None, False
 
-    def _open_writer(self, path: Path, first: np.ndarray, plan: AudioPlan, crf: int):
+    def _open_writer(self, path: Path, first: np.ndarray, plan: AudioPlan, crf: int,
+                     encode_preset: str = DEFAULT_ENCODE_PRESET):
         from engine.media import VideoWriter
 
         h, w = first.shape[:2]
-        return VideoWriter(path, w, h, fps=FPS, crf=crf, audio=plan.trimmed_audio, sample_rate=SAMPLE_RATE)
+        return VideoWriter(path, w, h, fps=FPS, crf=crf, audio=plan.trimmed_audio, sample_rate=SAMPLE_RATE,
+                           preset=encode_preset)
+
+
+def check_encode_preset(preset: str) -> None:
+    from engine.media.writer import X264_PRESETS
+
+    expect(preset in X264_PRESETS, InvalidInputError, "encode preset", f"one of {X264_PRESETS}", preset)
 
 
 def checked_frames(frames: Iterable) -> Iterator[np.ndarray]:
@@ -346,8 +363,10 @@ class _SyncJob:
     """The stages of one SDK call (see engine.runtime.jobs): prepare in one thread, finish in another."""
 
     def __init__(self, sync: LipSync, video, audio, output, *, config: SyncConfig, face, strict_faces: bool,
-                 crf: int, progress, length: str, deadline: float | None) -> None:
+                 crf: int, progress, length: str, deadline: float | None,
+                 encode_preset: str = DEFAULT_ENCODE_PRESET) -> None:
         self.sync, self.video, self.audio, self.config = sync, video, audio, config
+        self.encode_preset = encode_preset
         self.face, self.strict_faces, self.crf, self.progress = face, strict_faces, crf, progress
         self.length, self.deadline = length, deadline
         self.out_path = Path(output) if output is not None else None
@@ -392,7 +411,7 @@ class _SyncJob:
                     sources.add(item.source_index)
                     if out_path is not None:
                         if writer is None:
-                            writer = sync._open_writer(out_path, item.rgb, self.plan, self.crf)
+                            writer = sync._open_writer(out_path, item.rgb, self.plan, self.crf, self.encode_preset)
                         with timer.measure("encode"):
                             writer.write(item.rgb)
                     else:
