@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -58,8 +59,8 @@ def main() -> None:
     nvidia = sorted(name for name in versions if name.startswith("nvidia-"))
     report = {
         "benchmark": "install_size",
-        "command": " ".join(["python", "benchmarks/install_size.py", *sys.argv[1:]]),
-        "steps": [f"{sys.executable} -m venv VENV", " ".join(first), " ".join(second)],
+        "command": shlex.join(["python", "benchmarks/install_size.py", *sys.argv[1:]]),
+        "steps": ["python3 -m venv VENV", shlex.join(first), shlex.join(second)],
         "machine": machine_info(),
         "size_bytes": size,
         "size_gib": round(size / 2**30, 2),
