@@ -1,6 +1,7 @@
 """A minimal client of `engine serve`'s WebSocket protocol (docs/serving.md): speech in, frames out.
 
-    python examples/ws_client.py --url ws://127.0.0.1:8765/stream --source demo1 --audio examples/media/demo1_audio.wav --out frames
+    python examples/ws_client.py --url ws://127.0.0.1:8765/stream --source demo1 \
+        --audio examples/media/demo1_audio.wav --out frames
 
 It opens one session on the server's source NAME, sends a WAV file's speech as 16 kHz mono int16 PCM, says
 end of speech, saves every frame of the utterance as an image (JPEG or PNG, as the server sends them) with its

@@ -181,4 +181,4 @@ def test_the_text_speaks_of_the_project_and_its_users_only(path):
     assert not found, f"{path.name} mentions {found}"
     shared = [n + 1 for n, line in enumerate(text.splitlines()) if "../shared" in line]
     if path.name != "development.md":
-        assert not shared, f"{path.name}:{shared} mentions ../shared (only the developers' fixtures may, in development.md)"
+        assert not shared, f"{path.name}:{shared} mentions ../shared (only development.md's parity fixtures may)"

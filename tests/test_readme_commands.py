@@ -1,8 +1,9 @@
 """Every command README.md and docs/*.md print, checked as printed, so no page can show a command that does not work.
 
-What is extracted, from each page: each line of its shell code blocks (```bash / sh / shell / console; `\\` continuations
-joined, `&&`, `;` and `|` split into separate commands), the first column of the CLI table, and every inline code
-span in the text that starts with `engine `, `python ` or `benchmarks/`.
+What is extracted, from each page: each line of its shell code blocks (```bash / sh / shell / console; `\\`
+continuations joined, `&&`, `;` and `|` split into separate commands), the first column of command tables, and every
+inline code span in the text that starts with `engine `, `python ` or `benchmarks/`. The same command printed in
+several places is checked once.
 
 What is checked, for every command, with no exception:
 - `engine ...` (or `python -m engine ...`): the whole command line parses with the real `engine` parser (block and
