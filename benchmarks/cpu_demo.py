@@ -1,4 +1,4 @@
-"""How long the README's CPU demo (quick start command 2) takes, as a newcomer runs it: a fresh cache, the `engine`
+"""How long the README's CPU demo takes, as a newcomer runs it: a fresh cache, the `engine`
 command in a subprocess, the wall time from start to exit.
 
 Usage: python benchmarks/cpu_demo.py [--out benchmarks/results/cpu_demo.json] [--warm]
@@ -20,8 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_utils import REPO, RESULTS, machine_info  # noqa: E402
+from engine.media import count_source_frames  # noqa: E402
 
-DEMO = ["engine", "run", "--video", "../shared/media/demo1_video.mp4", "--audio", "../shared/media/demo1_audio.wav",
+DEMO = ["engine", "run", "--video", "examples/media/demo1_video.mp4", "--audio", "examples/media/demo1_audio.wav",
         "--output", "demo1_tiny.mp4", "--model", "tiny-random", "--steps", "2", "--guidance", "1"]
 
 
@@ -41,6 +42,7 @@ def run_demo(cache: Path, out_dir: Path) -> dict:
     result = json.loads(report.read_text())
     return {"wall_s": round(wall, 1), "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()], "frames": result["num_frames"],
+            "output_frames": count_source_frames(output),  # counted in the written file, not taken from the report
             "stage_seconds": {k: round(v, 1) for k, v in result["timings"].items()},
             "log": [line for line in done.stderr.splitlines() if line.strip()]}
 

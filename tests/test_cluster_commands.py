@@ -1,4 +1,4 @@
-"""The Ray serving commands the README prints, run exactly as printed (slow: each starts a Ray cluster and Serve).
+"""The Ray serving commands docs/cluster.md prints, run exactly as printed (slow: each starts a Ray cluster and Serve).
 
 Both bind loopback only: `engine serve --ray local` does by itself (a private cluster), and `serve run`
 gets Ray's single-machine mode from the environment here (a user's `serve run` binds as Ray decides).
@@ -23,9 +23,9 @@ pytest.importorskip("ray")
 
 REPO = Path(__file__).resolve().parents[1]
 ENGINE_SERVE = ("engine serve --ray local --model tiny-random --device cpu --face mediapipe "
-                "--video demo1=../shared/media/demo1_video.mp4 --port 8766")
+                "--video demo1=examples/media/demo1_video.mp4 --port 8766")
 SERVE_RUN = ("serve run engine.cluster.serve_app:app_builder model=tiny-random device=cpu face=mediapipe "
-             "videos=demo1=../shared/media/demo1_video.mp4")
+             "videos=demo1=examples/media/demo1_video.mp4")
 
 
 def _ready(port: int) -> bool:
@@ -50,7 +50,7 @@ def _session_starts(port: int) -> dict:
 
 
 def _run_printed(command: str, port: int) -> None:
-    assert f"`{command}`" in (REPO / "README.md").read_text()
+    assert f"`{command}`" in (REPO / "docs" / "cluster.md").read_text()
     argv = shlex.split(command)
     argv = [sys.executable, "-m", "engine", *argv[1:]] if argv[0] == "engine" else \
         [sys.executable, "-c", "from ray.serve.scripts import cli; cli()", *argv[1:]]

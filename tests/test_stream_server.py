@@ -235,6 +235,69 @@ def test_bad_requests_get_an_error_and_a_policy_close(running):
     running.wait_idle()
 
 
+
+# ----------------------------------------------------------------------------------------------- the documented client
+def _stereo_wav(path, speech_int16: np.ndarray, rate: int = 32_000) -> None:
+    """The speech as a stereo WAV at another rate than 16 kHz: the example client must resample and mix it down."""
+    import wave
+
+    upsampled = np.repeat(speech_int16, rate // 16_000)
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(2)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(np.stack([upsampled, upsampled], axis=1).astype("<i2").tobytes())
+
+
+def _documented_fields(doc: str, table_heading: str) -> set[str]:
+    """The field names in the first column of the table under `table_heading`."""
+    import re
+
+    table = re.search(r"(?:^\|.*\n)+", doc[doc.index(table_heading):], re.M).group(0)
+    return set(re.findall(r"^\| `(\w+)` \|", table, re.M))
+
+
+def test_the_documented_example_client_streams_a_session(running, speech, tmp_path):
+    """examples/ws_client.py (docs/serving.md), run as a user runs it in its own process against this server: one
+    utterance's frames saved in order, and every message field the protocol reference lists is what was sent."""
+    import re
+    from pathlib import Path
+
+    from engine.audio import official_frame_count
+    from engine.pipeline.config import output_frame_count
+
+    repo = Path(__file__).resolve().parents[1]
+    doc = (repo / "docs" / "serving.md").read_text(encoding="utf-8")
+    running.gate.set()  # also when this test runs alone
+    running.wait_ready()
+    audio, out = tmp_path / "speech.wav", tmp_path / "frames"
+    _stereo_wav(audio, speech)
+    done = subprocess.run([sys.executable, str(repo / "examples" / "ws_client.py"), "--url",
+                           f"ws://127.0.0.1:{running.port}/stream", "--source", "demo1", "--audio", str(audio),
+                           "--out", str(out)], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    headers = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
+    speech_frames = [h for h in headers if h["kind"] == "speech"]
+    expected = output_frame_count(official_frame_count(SPEECH_SAMPLES // 160 // 2), SPEECH_SAMPLES)  # 15
+    assert [h["utterance_frame"] for h in speech_frames] == list(range(expected)) and speech_frames[-1]["final"]
+    images = sorted(out.glob("*.jpg"))
+    assert len(images) == len(headers) and all(p.read_bytes()[:2] == b"\xff\xd8" for p in images)  # JPEG
+    session = json.loads((out / "session.json").read_text())
+    started, closed = session["started"], session["closed"]
+    assert started["type"] == "started" and closed["type"] == "closed"
+    assert closed["stats"]["frames_emitted"] >= len(headers)
+    # docs/serving.md lists exactly what the server sent
+    assert set(headers[0]) == _documented_fields(doc, "The frame header:")
+    started_row = re.search(r"^\| `started` \|.*$", doc, re.M).group(0)
+    assert set(re.findall(r"`(\w+)`: ", started_row)) == set(started)
+    config_part, settings_part = started_row.split("`config`: ")[1].split("`settings`: ")
+    assert set(re.findall(r"`(\w+)`", config_part)) == set(started["config"])
+    assert set(re.findall(r"`(\w+)`", settings_part)) == set(started["settings"])
+    stats = doc[doc.index("The `closed` message's `stats`"):]
+    assert set(re.findall(r"`(\w+)`", stats[:stats.index("\n\n")])) - {"closed", "stats"} == set(closed["stats"])
+    running.wait_idle()
+
 def _health_only_server(load):
     """A server whose load function never yields models (no model work: health behaviour only)."""
     from engine.stream.server import LipSyncServer, ServerConfig

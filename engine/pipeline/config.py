@@ -79,7 +79,7 @@ PRESETS: dict[str, SyncConfig] = {
     # The official settings of inference.sh / gradio_app.py.
     "reference": SyncConfig(steps=20, guidance_scale=1.5, deepcache_interval=3, seed=OFFICIAL_SEED),
     # Fewer steps with DeepCache: about 1.8x less U-Net work than `reference` (4 full + 6 shallow passes vs 7 + 13).
-    # Its quality cost is not yet measured on the real weights (see README).
+    # Its quality cost is not yet measured on the real weights (see docs/cli.md: presets).
     "fast": SyncConfig(steps=10, guidance_scale=1.5, deepcache_interval=3, seed=OFFICIAL_SEED),
 }
 

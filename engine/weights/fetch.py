@@ -33,7 +33,7 @@ DOWNLOAD_TIMEOUT_S = 60  # socket timeout per request
 HASH_CHUNK_BYTES = 1 << 22
 DEFAULT_HUB = "https://huggingface.co"
 NO_HUB_ADVICE = ("use --model tiny-random (random weights, to try the pipeline), or --model DIR with a local "
-                 "folder holding the files (see README: a local model directory)")
+                 "folder holding the files (see docs/install.md: model files)")
 
 _offline_process = False
 _resolved: set[str] = set()  # hosts that resolved once in this process
