@@ -27,11 +27,7 @@ README_MAX_LINES = 150
 # the lead empties this tuple after merging them, so that from then on every link must resolve.
 PAGES_NOT_YET_MERGED = (
     "docs/gpu-check.md",
-    "docs/system-benchmark.md",
-    "docs/voice-agents.md",
-    "docs/testing.md",
     "docs/install-notes.md",
-    "docs/reliability-round3.md",
 )
 
 LINK = re.compile(r"(?<!!)\[([^\]\n]+)\]\(([^)\s]+)\)")
