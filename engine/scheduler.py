@@ -25,7 +25,9 @@ OFFICIAL_SCHEDULER_CONFIG: dict = {
     "thresholding": False,
     "rescale_betas_zero_snr": False,
 }
-MAX_STEPS = OFFICIAL_SCHEDULER_CONFIG["num_train_timesteps"]
+# "leading" spacing with steps_offset 1 puts the first timestep at (steps - 1) * (1000 // steps) + 1, which is 1000
+# (one past the last trained timestep) for 1000 steps: the official loop fails there too, so 999 is the most.
+MAX_STEPS = OFFICIAL_SCHEDULER_CONFIG["num_train_timesteps"] - OFFICIAL_SCHEDULER_CONFIG["steps_offset"]
 
 StepCallback = Callable[[int, int, Tensor], None]  # (step index k, timestep t, latents after step k)
 

@@ -51,7 +51,7 @@ def test_missing_file_and_bad_setting_fail_before_any_work_with_both_line_number
     assert code == 2, err
     assert "2 bad line(s) of 4 (lines 2, 4)" in err
     assert "line 2: InvalidInputError:" in err and "missing.mp4" in err and "no such file" in err
-    assert "line 4: steps: expected 1..1000, found 0" in err
+    assert "line 4: steps: expected 1..999, found 0" in err
     assert "line 1:" not in err and "line 3:" not in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.jsonl"]  # no output, no report
 

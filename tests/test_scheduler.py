@@ -201,3 +201,13 @@ def test_rejects_bad_shapes(change, match):
 def test_rejects_bad_settings(kwargs):
     with pytest.raises(InvalidInputError):
         denoise(RecordingUNet(), *_small_inputs(), guidance_scale=GUIDANCE, **kwargs)
+
+
+def test_the_most_steps_allowed_run_and_one_more_is_a_typed_error():
+    from engine.errors import InvalidInputError
+    from engine.scheduler import MAX_STEPS, timesteps_for
+
+    timesteps = timesteps_for(MAX_STEPS)  # every one must index the 1000 trained timesteps
+    assert len(timesteps) == MAX_STEPS and max(timesteps) <= 999 and min(timesteps) >= 0
+    with pytest.raises(InvalidInputError, match=f"1..{MAX_STEPS}"):
+        timesteps_for(MAX_STEPS + 1)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from engine.constants import CHUNK_FRAMES, SAMPLES_PER_FRAME
 from engine.errors import InvalidInputError, expect
+from engine.scheduler import MAX_STEPS
 
 OFFICIAL_SEED = 1247
 # Output length: "audio" = as long as the speech (within one frame; the default), "official" = N//2 + 2
@@ -47,8 +48,8 @@ class SyncConfig:
     eta: float = 0.0
 
     def __post_init__(self) -> None:
-        if not (1 <= self.steps <= 1000):
-            raise InvalidInputError(f"steps: expected 1..1000, found {self.steps}")
+        if not (1 <= self.steps <= MAX_STEPS):
+            raise InvalidInputError(f"steps: expected 1..{MAX_STEPS}, found {self.steps}")
         if not (0.0 <= self.guidance_scale <= 20.0):
             raise InvalidInputError(f"guidance_scale: expected 0..20, found {self.guidance_scale}")
         if self.deepcache_interval is not None and self.deepcache_interval < 1:
