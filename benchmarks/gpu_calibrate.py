@@ -43,7 +43,8 @@ def engine_shapes(plan) -> list[tuple[str, int, Any]]:  # noqa: ANN001
         vae = ShapeSettings(batch=plan.vae_frames if plan.quick else plan.frames, height=latent, width=latent)
         calls += [("unet", latent * 8, unet), ("unet_shallow", latent * 8, unet), ("vae_encoder", latent * 8, vae),
                   ("vae_decoder", latent * 8, vae)]
-    calls.append(("audio_encoder", 0, ShapeSettings(batch=1, length=WHISPER_WINDOW_MEL_FRAMES)))
+    # --quick: a 2 s window (the encoder takes any length); the engine's call is one 30 s window
+    calls.append(("audio_encoder", 0, ShapeSettings(batch=1, length=200 if plan.quick else WHISPER_WINDOW_MEL_FRAMES)))
     return calls
 
 

@@ -196,7 +196,7 @@ def start_record(args: argparse.Namespace, budgets: dict[str, float]) -> dict[st
         "reference": {"unet_tflop_full_16_frames_512": 17.63, "unet_tflop_full_16_frames_256": 4.05,
                       "peak_dense_bf16_tflops": 790.0,
                       "note": "TFLOP per full forward of one 16-frame clip (CFG batch 2 is twice that); the peak is "
-                              "an 8192^3 bf16 product measured on an H200 of this workplace"},
+                              "an 8192^3 bf16 product measured on an H200 (141 GB, SXM)"},
         "steps": [{"name": name, "status": "pending", "budget_s": budgets[name], "seconds": None, "reason": None}
                   for name in STEP_NAMES if name in budgets],
     }

@@ -28,7 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 REFERENCE_TFLOP = {64: 17.63, 32: 4.05}  # the count per full forward of 16 frames, one batch element
-PEAK_TFLOPS = 790.0  # dense bf16 matrix rate measured on an H200 of this workplace (8192^3 products, random data)
+PEAK_TFLOPS = 790.0  # dense bf16 matrix rate measured on an H200 SXM (8192^3 products, random data)
 AUDIO_TOKENS = 50
 TIMESTEP = 501
 Emit = Callable[[dict[str, Any]], None]

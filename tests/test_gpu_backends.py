@@ -1,6 +1,6 @@
 """The CUDA and TensorRT paths on a GPU (skipped without one): precision, executors, official-size engines.
 
-Nothing here needs the golden fixtures, so `benchmarks/gpu_check.py` runs every test on a lent GPU machine,
+Nothing here needs the golden fixtures, so `benchmarks/gpu_check.py` runs every test on a GPU machine,
 where only the repository travels. The TensorRT tests build official-size engines (minutes each): they are
 `slow` as well, and run on a user's machine with TensorRT (`pip install -e ".[trt]"`).
 """

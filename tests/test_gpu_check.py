@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py before a GPU machine's short lease: its plan, its process handling, its files, and a
+"""benchmarks/gpu_check.py before the one run on a GPU machine: its plan, its process handling, its files, and a
 rehearsal of the remote procedure of docs/gpu-check.md in a copy that holds only what would travel.
 
 The GPU numbers themselves come from a GPU machine; here `--device cpu --quick` runs every step once on tiny
@@ -275,7 +275,8 @@ def _check_quick_report(report: dict, out: Path) -> None:
     stream = [r for r in results["streaming"]["rows"] if r["kind"] == "stream"]
     assert stream and stream[0]["first_frame_latency_s"] > 0
     (throughput,) = [r for r in results["streaming"]["rows"] if r["kind"] == "throughput"]
-    assert "result" in throughput and throughput["result"]["complete"] is True, throughput
+    # complete, or killed at the step's budget with what it wrote so far (a loaded CPU can be that slow)
+    assert (throughput.get("result") or {}).get("complete") is True or "partial" in throughput, throughput
     (system,) = [r for r in results["system"]["rows"] if r["kind"] in ("system", "preflight")][-1:]
     assert "result" in system or "skipped" in system or "note" in system
     markdown = (out / gpu_check.MD_FILE).read_text()
