@@ -7,7 +7,8 @@ the same file names and keys, so the tests read the subset exactly as they read 
 
   tests/test_audio.py::test_cuda_fp16_encode_is_close_to_cpu_fp32
       e2e_demo1/inputs.safetensors (audio_16k), expected.safetensors (whisper_feature), weights/whisper/tiny.pt
-      (the encoder half of the checkpoint: its decoder keys are ignored by the loader)
+      (the encoder half of the checkpoint: its decoder keys are ignored by the loader; the positional embedding,
+      OpenAI's fixed sinusoids in fp16, is recomputed on unpacking and checked against the original's SHA-256)
   tests/test_face_align.py::test_cuda_matches_cpu
       face_align_512_fp32.safetensors (frames[:2], affine_matrices[:2], resized_face_0, resized_face_7)
   tests/test_runtime_engine.py::test_cuda_batches_match_solo_and_the_face_path_stays_on_the_device
@@ -17,6 +18,7 @@ the same file names and keys, so the tests read the subset exactly as they read 
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -33,6 +35,8 @@ SAFETENSORS = {
 }
 NPZ = {"e2e_demo1/inputs_frames.npz": {"frames": 8}}
 WHISPER = "e2e_demo1/weights/whisper/tiny.pt"
+WHISPER_PACKED = "whisper-encoder-without-positional-embedding.pt"  # in the archive; tiny.pt is rebuilt from it
+POSITIONAL = "encoder.positional_embedding"
 
 
 def _safetensors(source: Path, keep: dict[str, int | None] | None) -> bytes:
@@ -54,13 +58,42 @@ def _npz(source: Path, keep: dict[str, int | None]) -> bytes:
     return buffer.getvalue()
 
 
-def _whisper_encoder(source: Path) -> bytes:
+def _whisper_encoder(source: Path) -> tuple[bytes, dict]:
+    """(the encoder's tensors less the positional embedding, as a torch file; how to rebuild that embedding)."""
+    import hashlib
+
     import torch
+
+    from engine.audio.checkpoint import sinusoids
 
     checkpoint = torch.load(source, map_location="cpu", weights_only=True)
     encoder = {k: v for k, v in checkpoint["model_state_dict"].items() if k.startswith("encoder.")}
+    positional = encoder.pop(POSITIONAL)
+    rebuilt = sinusoids(*positional.shape).to(positional.dtype)
+    if not torch.equal(rebuilt, positional):  # then it cannot be left out
+        raise ValueError(f"{source}: {POSITIONAL} is not the fixed sinusoids; the subset would not reproduce it")
     buffer = io.BytesIO()
     torch.save({"dims": checkpoint["dims"], "model_state_dict": encoder}, buffer)
+    recipe = {"key": POSITIONAL, "shape": list(positional.shape), "dtype": str(positional.dtype).removeprefix("torch."),
+              "sha256": hashlib.sha256(positional.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()}
+    return buffer.getvalue(), recipe
+
+
+def _rebuild_whisper(packed: bytes, recipe: dict) -> bytes:
+    import hashlib
+
+    import torch
+
+    from engine.audio.checkpoint import sinusoids
+
+    checkpoint = torch.load(io.BytesIO(packed), map_location="cpu", weights_only=True)
+    positional = sinusoids(*recipe["shape"]).to(getattr(torch, recipe["dtype"]))
+    digest = hashlib.sha256(positional.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+    if digest != recipe["sha256"]:
+        raise ValueError(f"golden subset: the recomputed {recipe['key']} differs from the original (SHA-256)")
+    checkpoint["model_state_dict"][recipe["key"]] = positional
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
     return buffer.getvalue()
 
 
@@ -70,10 +103,11 @@ def write(golden: Path, archive: Path) -> Path:
         raise FileNotFoundError(f"golden fixtures: expected a folder at {golden}, found nothing")
     files = {name: _safetensors(golden / name, keep) for name, keep in SAFETENSORS.items()}
     files.update({name: _npz(golden / name, keep) for name, keep in NPZ.items()})
-    files[WHISPER] = _whisper_encoder(golden / WHISPER)
+    files[WHISPER_PACKED], recipe = _whisper_encoder(golden / WHISPER)
+    files[WHISPER_PACKED + ".json"] = json.dumps(recipe).encode()
     archive.parent.mkdir(parents=True, exist_ok=True)
     tmp = archive.with_name(archive.name + ".partial")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_LZMA) as zf:  # LZMA: fp16 weights, 6 % smaller
         zf.writestr(SUBSET_MARK, __doc__)
         for name, data in sorted(files.items()):
             zf.writestr(f"golden/{name}", data)
@@ -91,5 +125,14 @@ def extract(archive: Path, shared: Path) -> Path:
         for name in zf.namelist():  # our own archive, but never write outside `shared`
             if name.startswith("/") or ".." in Path(name).parts:
                 raise ValueError(f"{archive}: unexpected member {name!r}")
-        zf.extractall(shared)
+            if name.endswith("/"):
+                continue
+            if not name.startswith(f"golden/{WHISPER_PACKED}"):
+                target = shared / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(zf.read(name))
+        recipe = json.loads(zf.read(f"golden/{WHISPER_PACKED}.json"))
+        whisper = shared / "golden" / WHISPER
+        whisper.parent.mkdir(parents=True, exist_ok=True)
+        whisper.write_bytes(_rebuild_whisper(zf.read(f"golden/{WHISPER_PACKED}"), recipe))
     return shared
