@@ -168,7 +168,8 @@ def analyse(prof, cuda: bool) -> dict[str, Any]:
     family_table, total_us = families(prof, cuda)
     return {"time_kind": kind, "total_ms": round(total_us / 1e3, 3), "top": top_kernels(prof, cuda, total_us),
             "families": family_table, "idle": idle_gaps(work, stages),
-            "stages_seen": sorted({s[0] for s in stages})}
+            "stages_seen": sorted({s[0] for s in stages}),
+            "kernels_note": None if work else "no kernels recorded (on a GPU: CUPTI unavailable to torch.profiler?)"}
 
 
 def all_threads_config():  # noqa: ANN201
