@@ -239,7 +239,7 @@ def measure_profile(plan, budget, emit, *, media: Path) -> None:  # noqa: ANN001
                     wall = time.perf_counter() - t0
                 analysis = analyse(prof, cuda)
                 host_io = {k: round(v, 4) for k, v in dict(result.timings).items()
-                           if any(word in k for word in HOST_VIDEO_STAGES)}
+                           if k.split("_")[0] in HOST_VIDEO_STAGES}  # decode, encode (not vae_encode)
                 emit({**base, "wall_s": round(wall, 3), "frames": result.num_frames, **analysis,
                       "host_video_io_s": host_io, "profiler_note": config_note,
                       "note": "video decode/encode run on the host (PyAV): their time is host_video_io_s, not a "

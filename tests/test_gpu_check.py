@@ -262,9 +262,9 @@ def _cuda_tests_reach_their_bodies(shared: Path, plugin: Path) -> None:
         pytest.skip("a GPU is here: gpu_check's tests step runs these tests for real")
     plugin.mkdir()
     (plugin / "unskip_cuda.py").write_text(UNSKIP_CUDA)
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "unskip_cuda", "-p", "no:cacheprovider",
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rsf", "-p", "unskip_cuda", "-p", "no:cacheprovider",
                            *GOLDEN_CUDA_TESTS], cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "LATENTSYNC_SHARED": str(shared), "PYTHONPATH": str(plugin)})
+                          env={**os.environ, "LATENTSYNC_SHARED": str(shared), "PYTHONPATH": str(plugin), "COLUMNS": "1000"})
     assert "golden fixtures not found" not in done.stdout and "3 failed" in done.stdout, done.stdout[-3000:]
     failed = [line for line in done.stdout.splitlines() if line.startswith("FAILED")]
     assert len(failed) == 3 and all("CUDA" in line for line in failed), failed  # on CUDA, not on a missing file
