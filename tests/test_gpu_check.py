@@ -306,9 +306,12 @@ def travelling_copy(dest: Path) -> Path:
     return dest
 
 
-def test_remote_procedure_rehearsal_returns_at_most_six_small_files(tmp_path):
+def rehearse(tmp_path: Path, *extra: str) -> tuple[Path, float]:
     """docs/gpu-check.md's command, run the way the run tool runs it: in a copy of what travels, with
-    `--device cpu --quick`, LATENTSYNC_SHARED pointing nowhere, no ../shared, no network."""
+    `--device cpu --quick` (and `extra`), LATENTSYNC_SHARED pointing nowhere, no ../shared, no network.
+    Checks what any run returns (at most six files, each under 16 MiB, skip reasons first); returns (OUT, seconds)."""
+    from process_tree import run_killable
+
     command = remote_command()
     assert command[:2] == ["bash", "benchmarks/gpu_remote.sh"]
     repo = travelling_copy(tmp_path / "checkout" / "repo")
@@ -322,11 +325,9 @@ def test_remote_procedure_rehearsal_returns_at_most_six_small_files(tmp_path):
            "PYTHONPATH": str(guard), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "HTTP_PROXY": "http://10.255.255.1:9", "HTTPS_PROXY": "http://10.255.255.1:9", "HF_HUB_OFFLINE": "1"}
     env.pop("GPU_CHECK_STARTED_AT", None)
-    from process_tree import run_killable
-
     started = time.monotonic()
     with open(tmp_path / "output.txt", "w") as output:  # on a timeout, every process it started is killed too
-        code, timed_out = run_killable(command + ["--device", "cpu", "--quick"], 900, cwd=repo, env=env,
+        code, timed_out = run_killable(command + ["--device", "cpu", "--quick", *extra], 1800, cwd=repo, env=env,
                                        stdout=output, stderr=subprocess.STDOUT)
     seconds = time.monotonic() - started
     assert code == 0 and not timed_out, (tmp_path / "output.txt").read_text()[-3000:]
@@ -339,8 +340,23 @@ def test_remote_procedure_rehearsal_returns_at_most_six_small_files(tmp_path):
     assert all(r.get("kind") == "preflight" for r in records[1:first_measured])  # skip reasons first
     report = json.loads((out / gpu_check.RESULT_FILE).read_text())
     assert report == gpu_check.read_report(out)  # the JSON is the rows, gathered
-    _check_quick_report(report, out)
-    print(f"rehearsal: {seconds:.0f} s, files {files}")
+    print(f"rehearsal {' '.join(extra) or '(every step)'}: {seconds:.0f} s, files {files}")
+    return out, seconds
+
+
+def test_remote_procedure_rehearsal_of_two_steps(tmp_path):
+    """The procedure end to end, on its two cheapest steps (the CI guard; the whole run is the slow test below)."""
+    out, _ = rehearse(tmp_path, "--only", "vae", "system")
+    report = gpu_check.read_report(out)
+    assert [s["name"] for s in report["steps"]] == ["vae", "system"] and report["steps"][0]["status"] == "ok"
+    assert {r["op"] for r in report["results"]["vae"]["rows"]} == {"encode", "decode"}
+    assert "| step | status |" in (out / gpu_check.MD_FILE).read_text()
+
+
+@pytest.mark.slow  # every step out of process: 2.5 min of CPU, 9 min of wall time on the loaded 2-core machine
+def test_remote_procedure_rehearsal_returns_at_most_six_small_files(tmp_path):
+    out, _ = rehearse(tmp_path)
+    _check_quick_report(json.loads((out / gpu_check.RESULT_FILE).read_text()), out)
 
 
 def _check_quick_report(report: dict, out: Path) -> None:
@@ -348,7 +364,8 @@ def _check_quick_report(report: dict, out: Path) -> None:
     assert [s["name"] for s in report["steps"]] == list(gpu_check.STEP_NAMES)  # the order a timeout relies on
     status = {s["name"]: s["status"] for s in report["steps"]}
     assert all(s in STATUSES for s in status.values()) and report["total_s"] > 0
-    assert all(status[n] == "ok" for n in gpu_check.STEP_NAMES if n != "system"), report["steps"]
+    assert all(status[n] == "ok" for n in gpu_check.STEP_NAMES if n != "system"), \
+        [(s["name"], s["status"], s["reason"]) for s in report["steps"]]
     results = report["results"]
     (golden,) = [r for r in results["tests"]["rows"] if r["kind"] == "golden"]
     assert golden["found"] is False  # no ../shared and no prepared subset in this copy: said, not hidden
