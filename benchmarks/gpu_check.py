@@ -282,9 +282,10 @@ def run_tests(args: argparse.Namespace, budget, emit) -> None:  # noqa: ANN001
     with tempfile.TemporaryDirectory(prefix="gpu-check-tests-") as tmp:
         shared, found = golden_for_tests(Path(args.media), Path(tmp) / "shared")
         emit({"kind": "golden", "found": shared is not None, "source": found})
-        stream, output = Path(tmp) / "tests.jsonl", Path(tmp) / "pytest.out"
-        env = {**os.environ, "GPU_CHECK_TESTS_JSONL": str(stream), "PYTHONPATH": os.pathsep.join(
-            [str(BENCHMARKS), str(REPO), os.environ.get("PYTHONPATH", "")])}
+        output = Path(tmp) / "pytest.out"
+        # the plugin appends one row per test to the result rows themselves: a kill keeps every finished test
+        env = {**os.environ, "GPU_CHECK_TESTS_JSONL": str(Path(args.out) / ROWS_FILE), "GPU_CHECK_TESTS_STEP": "tests",
+               "PYTHONPATH": os.pathsep.join([str(BENCHMARKS), str(REPO), os.environ.get("PYTHONPATH", "")])}
         if shared is not None:
             env[SHARED_ENV] = str(shared)
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "gpu_pytest_plugin",
@@ -296,12 +297,7 @@ def run_tests(args: argparse.Namespace, budget, emit) -> None:  # noqa: ANN001
         tail = output.read_text(errors="replace")[-3000:]
         if timed_out:
             tail += f"\npytest killed after {time.monotonic() - started:.0f} s (the step's budget)"
-        rows = []
-        for line in stream.read_text().splitlines() if stream.exists() else []:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # the line a kill cut short
-                continue
+    rows = [r for r in read_report(Path(args.out))["results"].get("tests", {}).get("rows", []) if r.get("kind") == "test"]
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["outcome"]] = counts.get(row["outcome"], 0) + 1

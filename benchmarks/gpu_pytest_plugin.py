@@ -11,11 +11,13 @@ import os
 
 
 def _write(row: dict) -> None:
+    """Append to $GPU_CHECK_TESTS_JSONL (gpu_check's result rows) as a row of step $GPU_CHECK_TESTS_STEP."""
     path = os.environ.get("GPU_CHECK_TESTS_JSONL")
     if not path:
         return
+    line = json.dumps({"step": os.environ.get("GPU_CHECK_TESTS_STEP", "tests"), "kind": "test", **row}) + "\n"
     with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
+        handle.write(line)
 
 
 def pytest_runtest_logreport(report) -> None:  # noqa: ANN001 - pytest.TestReport
