@@ -353,7 +353,7 @@ def test_remote_procedure_rehearsal_of_two_steps(tmp_path):
     assert "| step | status |" in (out / gpu_check.MD_FILE).read_text()
 
 
-@pytest.mark.slow  # every step out of process: 2.5 min of CPU, 9 min of wall time on the loaded 2-core machine
+@pytest.mark.slow  # every step out of process: 3.5 min of CPU, 5-11 min of wall time on the loaded 2-core machine
 def test_remote_procedure_rehearsal_returns_at_most_six_small_files(tmp_path):
     out, _ = rehearse(tmp_path)
     _check_quick_report(json.loads((out / gpu_check.RESULT_FILE).read_text()), out)
