@@ -28,7 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 REFERENCE_TFLOP = {64: 17.63, 32: 4.05}  # the issue's count per full forward of 16 frames, one batch element
-PEAK_TFLOPS = 790.0  # dense bf16 matrix rate measured on an H200 of this workplace (8192^3 products, random data)
+PEAK_TFLOPS = 790.0  # dense bf16 matrix rate measured on an H200 SXM (8192^3 products, random data)
 AUDIO_TOKENS = 50
 TIMESTEP = 501
 Emit = Callable[[dict[str, Any]], None]
@@ -171,8 +171,13 @@ def _unet_inputs(latent: int, plan: Plan, cross_dim: int, seed: int = 0) -> dict
     }
 
 
+# cheap and certain first: eager, then exported runtimes, then compile (minutes per shape at full size)
+UNET_MODE_ORDER = ("eager", "onnxruntime", "tensorrt", "compile")
+FIRST_COMPILE_ESTIMATE_S = 180.0  # two graphs (full, shallow) with CUDA-graph recording, official size
+
+
 def measure_unet(plan: Plan, budget: Budget, emit: Emit, *, build_trt: bool = False,
-                 modes: tuple[str, ...] = ("eager", "compile", "onnxruntime", "tensorrt")) -> None:
+                 modes: tuple[str, ...] = UNET_MODE_ORDER) -> None:
     """Full and shallow passes per latent size x dtype x mode: ms/call, TFLOP/s, deviation from fp32 eager."""
     from engine.models import official_unet_config, tiny_unet_config
 
@@ -203,17 +208,22 @@ def measure_unet(plan: Plan, budget: Budget, emit: Emit, *, build_trt: bool = Fa
     models = {dtype: copy.deepcopy(reference_model).to(DTYPES[dtype]) for dtype in plan.dtypes}
     del reference_model  # the fp32 outputs are all that is needed from it
     free(device)
-    cases = [(mode, dtype, latent) for mode in modes for dtype in plan.dtypes for latent in plan.latent_sizes]
-    first_compile_s = 90.0  # estimate until the first compile is measured
-    for mode, dtype, latent in cases:
-        base = {"kind": "unet", "mode": mode, "dtype": dtype, "latent": latent, "resolution": latent * 8,
-                "frames": plan.frames, "batch": plan.batch}
-        reason = _unet_mode_unavailable(mode, plan, device, dtype, build_trt)
-        estimate = {"eager": 5.0, "compile": first_compile_s, "onnxruntime": 120.0, "tensorrt": 900.0}[mode]
-        if reason is None and not budget.fits(estimate):
-            reason = f"budget: {budget.left():.0f} s left, this case needs about {estimate:.0f} s"
-        if reason is not None:
-            emit({**base, "skipped": reason})
+    cases = [(mode, dtype, latent) for mode in sorted(modes, key=UNET_MODE_ORDER.index) for dtype in plan.dtypes
+             for latent in plan.latent_sizes]
+    runnable = []
+    for mode, dtype, latent in cases:  # every known skip reason first: a later kill cannot lose them
+        reason = unet_mode_unavailable(mode, plan, device, dtype, build_trt)
+        if reason is None:
+            runnable.append((mode, dtype, latent))
+        else:
+            emit({**_unet_base(mode, dtype, latent, plan), "skipped": reason})
+    compile_estimate_s = FIRST_COMPILE_ESTIMATE_S  # until a compile case is measured
+    for mode, dtype, latent in runnable:
+        base = _unet_base(mode, dtype, latent, plan)
+        estimate = {"eager": 5.0, "compile": compile_estimate_s, "onnxruntime": 120.0, "tensorrt": 900.0}[mode]
+        if not budget.fits(estimate):
+            emit({**base, "skipped": f"budget: {budget.left():.0f} s left, this case needs about {estimate:.0f} s"
+                                     + (" (re-run with --only unet --budget-scale 6)" if mode == "compile" else "")})
             continue
         try:
             rows = _unet_case(mode, models[dtype], latent, plan, cross, refs, flops[latent])
@@ -223,13 +233,18 @@ def measure_unet(plan: Plan, budget: Budget, emit: Emit, *, build_trt: bool = Fa
             continue
         for row in rows:
             emit({**base, **row})
-        if mode == "compile":
-            first_compile_s = max(r["first_call_s"] for r in rows) * 1.3
+        if mode == "compile":  # each case compiles two graphs and records their CUDA graphs: their sum
+            compile_estimate_s = sum(r["first_call_s"] for r in rows) * 1.3
             torch._dynamo.reset()  # drop the compiled graphs and their CUDA-graph memory pools
         free(device)
 
 
-def _unet_mode_unavailable(mode: str, plan: Plan, device: str, dtype: str, build_trt: bool) -> str | None:
+def _unet_base(mode: str, dtype: str, latent: int, plan: Plan) -> dict[str, Any]:
+    return {"kind": "unet", "mode": mode, "dtype": dtype, "latent": latent, "resolution": latent * 8,
+            "frames": plan.frames, "batch": plan.batch}
+
+
+def unet_mode_unavailable(mode: str, plan: Plan, device: str, dtype: str, build_trt: bool) -> str | None:
     from engine.backends.select import unavailable_reason
 
     if mode == "eager":
@@ -407,6 +422,7 @@ def _vae_tf32_rows(model, latents: torch.Tensor, ref: torch.Tensor, resolution: 
 
 
 # ---------------------------------------------------------------------------------------------- (4) pipeline
+DEMO_FILES = ("demo1_video.mp4", "demo1_audio.wav", "demo1_face_track.json")  # what --prepare puts in media/
 QUICK_SPEECH_SAMPLES = 3200  # 0.2 s -> 5 output frames (7 at the official length): one short chunk
 
 
@@ -421,7 +437,7 @@ def demo_inputs(media: Path | None, seconds: float, quick: bool):  # noqa: ANN20
     from engine.media import load_audio
 
     media = Path(media)
-    video, audio, track = (media / "demo1_video.mp4", media / "demo1_audio.wav", media / "demo1_face_track.json")
+    video, audio, track = (media / name for name in DEMO_FILES)
     missing = [p.name for p in (video, audio, track) if not p.exists()]
     if missing:
         raise FileNotFoundError(f"{', '.join(missing)} not in {media}: run `python benchmarks/gpu_check.py --prepare` "
@@ -433,9 +449,13 @@ def demo_inputs(media: Path | None, seconds: float, quick: bool):  # noqa: ANN20
 
 
 class GpuUtilisation:
-    """Samples NVML's GPU utilisation (the share of time a kernel ran) every `interval_s` while active."""
+    """Samples NVML's GPU utilisation (the share of time a kernel ran) while active.
 
-    def __init__(self, interval_s: float = 0.05):
+    NVML averages utilisation over its own sample period (1/6 s to 1 s depending on the GPU), so polling faster
+    than every 0.2 s re-reads the same average. An NVML error during sampling ends the sampling but is kept
+    (`error`, with the sample count), so an idle fraction from partial samples is never shown without a note."""
+
+    def __init__(self, interval_s: float = 0.2):
         self.interval_s, self.samples, self.error = interval_s, [], None
         self._stop = threading.Event()
         self._handle = None
@@ -451,7 +471,11 @@ class GpuUtilisation:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+            try:
+                self.samples.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+            except Exception as exc:  # noted, not silent: the fraction below covers only the samples before it
+                self.error = f"sampling stopped after {len(self.samples)} samples: {type(exc).__name__}: {exc}"
+                return
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> "GpuUtilisation":
@@ -466,6 +490,9 @@ class GpuUtilisation:
 
     def idle_fraction(self) -> float | None:
         return round(1 - statistics.fmean(self.samples) / 100, 3) if self.samples else None
+
+    def method(self) -> str:
+        return f"NVML utilization.gpu, one sample per {self.interval_s * 1e3:.0f} ms ({len(self.samples)} samples)"
 
 
 @dataclass(frozen=True)
@@ -579,8 +606,8 @@ def _time_pipeline(sync_obj, video, speech, out, landmarks, preset: str, overrid
         "frames": result.num_frames, "wall_s": round(wall, 3), "frames_per_s": round(result.num_frames / wall, 3),
         "stage_s": {k: round(v, 4) for k, v in stages.items()},
         "stage_share": {k: round(v / total, 4) for k, v in stages.items()},
-        "gpu_idle_fraction": gpu.idle_fraction(), "gpu_idle_method": "NVML utilization.gpu, 50 ms samples",
-        "gpu_idle_unavailable": gpu.error,
+        "gpu_idle_fraction": gpu.idle_fraction(), "gpu_idle_method": gpu.method(),
+        "gpu_idle_note": gpu.error,
         "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
         "steps": result.config.steps, "guidance": result.config.guidance_scale,
         "deepcache": result.config.deepcache_interval,
@@ -588,12 +615,17 @@ def _time_pipeline(sync_obj, video, speech, out, landmarks, preset: str, overrid
 
 
 # ---------------------------------------------------------------------------------------------- (5) streaming
-def measure_streaming(plan: Plan, budget: Budget, emit: Emit, *, media: Path | None, seconds: float,
-                      out_dir: Path) -> None:
-    """First-frame latency and steady frame interval of a live session, then benchmarks/throughput.py's N streams."""
+THROUGHPUT_RESERVE_S = 35.0  # benchmarks/throughput.py's share of the streaming step (it needs about 30 s)
+LIVE_SESSION_ESTIMATE_S = 10.0  # 2 s of speech pushed in real time, then the drain
+
+
+def measure_streaming(plan: Plan, budget: Budget, emit: Emit, *, media: Path | None, seconds: float) -> None:
+    """First-frame latency and steady frame interval of a live session, then benchmarks/throughput.py's N streams
+    (the live sessions leave THROUGHPUT_RESERVE_S of the budget to it)."""
     from engine.pipeline.device import choose_placement
 
     placement = choose_placement(plan.device, "auto" if not plan.quick else "fp32")
+    reserve = 0.0 if plan.quick else THROUGHPUT_RESERVE_S
     try:
         video, speech, landmarks = demo_inputs(media, seconds, plan.quick)
         needed = min(len(landmarks), int(seconds * 25) + 2)
@@ -604,8 +636,9 @@ def measure_streaming(plan: Plan, budget: Budget, emit: Emit, *, media: Path | N
             models = replace(_pipeline_models(plan, placement, Path(tmp)), resolution=plan.resolutions[-1])
             sync_obj = LipSync(models, placement, face="auto", backend="torch")
             for chunk in ((16,) if plan.quick else (16, 8)):
-                if not budget.fits(20.0):
-                    emit({"kind": "stream", "chunk_frames": chunk, "skipped": f"budget: {budget.left():.0f} s left"})
+                if not budget.fits(LIVE_SESSION_ESTIMATE_S + reserve):
+                    emit({"kind": "stream", "chunk_frames": chunk,
+                          "skipped": f"budget: {budget.left():.0f} s left, {reserve:.0f} s kept for throughput.py"})
                     continue
                 emit({"kind": "stream", "resolution": models.resolution, "chunk_frames": chunk,
                       **_live_session(sync_obj, frames, landmarks, speech, chunk, quick=plan.quick)})
@@ -613,7 +646,7 @@ def measure_streaming(plan: Plan, budget: Budget, emit: Emit, *, media: Path | N
         free(plan.device)
     except Exception as exc:
         emit({"kind": "stream", "error": f"{type(exc).__name__}: {exc}"[:500]})
-    emit(_throughput(plan, budget, out_dir))
+    emit(_throughput(plan, budget))
 
 
 def _decode(video: Path, count: int) -> np.ndarray:
@@ -657,23 +690,55 @@ def _live_session(sync_obj, frames: np.ndarray, landmarks: np.ndarray, speech: n
     }
 
 
-def _throughput(plan: Plan, budget: Budget, out_dir: Path) -> dict[str, Any]:
-    """benchmarks/throughput.py in a subprocess (it is the engine-core benchmark; this step only runs it)."""
-    script = REPO / "benchmarks" / "throughput.py"
-    row: dict[str, Any] = {"kind": "throughput", "script": str(script.relative_to(REPO))}
+def _script_row(name: str, script: Path, command: list[str], budget: Budget, result: Path, *,
+                minimum_s: float) -> dict[str, Any]:
+    """Run a benchmark script with what is left of the budget (its whole process tree killed at the end);
+    its JSON result, or the partial one it wrote so far."""
+    from process_tree import run_killable
+
+    shown = str(script.relative_to(REPO)) if script.is_relative_to(REPO) else str(script)
+    row: dict[str, Any] = {"kind": name, "script": shown, "command": command}
     if not script.exists():
-        return {**row, "skipped": "benchmarks/throughput.py is not in this checkout yet"}
-    out = out_dir / "throughput.json"
-    command = [sys.executable, str(script), "--device", plan.device, "--out", str(out)] + (["--quick"] if plan.quick else [])
-    timeout = budget.left() - 5
-    if timeout < 30:
-        return {**row, "command": command, "skipped": f"budget: {budget.left():.0f} s left"}
-    try:
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {**row, "command": command, "error": f"timed out after {timeout:.0f} s",
-                "partial": json.loads(out.read_text()) if out.exists() else None}
-    row.update(command=command, returncode=done.returncode)
-    if done.returncode != 0 or not out.exists():
-        return {**row, "error": (done.stderr or done.stdout)[-1500:]}
-    return {**row, "file": out.name, "result": json.loads(out.read_text())}
+        return {**row, "skipped": f"{shown} is not in this checkout"}
+    timeout = budget.left() - 3
+    if timeout < minimum_s:
+        return {**row, "skipped": f"budget: {budget.left():.0f} s left, it needs about {minimum_s:.0f} s"}
+    with tempfile.TemporaryFile("w+") as output:
+        returncode, timed_out = run_killable(command, timeout, cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
+        output.seek(0)
+        tail = output.read()[-1500:]
+    data = None
+    if result.exists():
+        try:
+            data = json.loads(result.read_text())
+        except json.JSONDecodeError:  # cut by the kill
+            data = None
+    if timed_out:
+        return {**row, "error": f"timed out after {timeout:.0f} s (process tree killed)", "partial": data}
+    if returncode != 0 or data is None:
+        return {**row, "returncode": returncode, "error": tail}
+    return {**row, "returncode": returncode, "result": data}
+
+
+def _throughput(plan: Plan, budget: Budget) -> dict[str, Any]:
+    """benchmarks/throughput.py in a subprocess (the engine-core benchmark; its files stay in a temporary folder,
+    its JSON goes into this row). It rewrites its JSON after every measured row, so a timeout keeps `partial`."""
+    script = REPO / "benchmarks" / "throughput.py"
+    with tempfile.TemporaryDirectory(prefix="gpu-check-throughput-") as tmp:
+        out = Path(tmp) / "throughput.json"
+        command = [sys.executable, str(script), "--device", plan.device, "--out", str(out)]
+        if plan.quick:
+            command += ["--quick", "--streams", "1", "2", "--frames", "4"]
+        return _script_row("throughput", script, command, budget, out, minimum_s=10.0 if plan.quick else 30.0)
+
+
+SYSTEM_SCRIPT = REPO / "benchmarks" / "system.py"
+
+
+def measure_system(plan: Plan, budget: Budget, emit: Emit) -> None:
+    """benchmarks/system.py (the whole-system benchmark) with `--quick --device cuda` on a GPU; with --quick on a
+    CPU its seconds-long `--smoke` check on the modelled device (the plumbing: not a measurement)."""
+    with tempfile.TemporaryDirectory(prefix="gpu-check-system-") as tmp:
+        mode = ["--smoke", "--device", "modelled"] if plan.quick else ["--quick", "--device", "cuda"]
+        command = [sys.executable, str(SYSTEM_SCRIPT), *mode, "--out", tmp]
+        emit(_script_row("system", SYSTEM_SCRIPT, command, budget, Path(tmp) / "system.json", minimum_s=10.0))

@@ -21,6 +21,7 @@ landmarks per stream and seeded speech-like audio, so the script runs the same a
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -264,34 +265,46 @@ def main(argv: list[str] | None = None) -> dict:
                           max_queued_chunks=max(64, 4 * max(args.streams)))
     seconds = args.frames / 25
     streams = [synthetic_stream(k, args.frames, seconds) for k in range(max(args.streams))]
-    rows, warmups = [], []
+    rows, warmups, device = [], [], str(args.device)
+
+    def report(complete: bool) -> dict:
+        return {
+            "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]) if argv is None else argv,
+            "machine": machine_info(args.note), "versions": versions(), "device": device, "model": args.model,
+            "backend": args.backend, "complete": complete,
+            "settings": {"frames_per_stream": args.frames, "steps": args.steps, "guidance": args.guidance,
+                         "deepcache": args.deepcache, "policy": {"max_batch": args.max_batch,
+                                                                 "max_wait_ms": args.max_wait_ms}},
+            "tolerance": {"max_abs_diff_uint8": TOLERANCE[0], "min_equal_fraction": TOLERANCE[1]},
+            "warm_up": warmups, "runs": rows,
+        }
+
+    def save_partial() -> None:  # after every row: a run killed by its caller's time limit keeps what it measured
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_name(f".{args.out.name}.partial")
+        tmp.write_text(json.dumps(report(False), indent=2))
+        os.replace(tmp, args.out)
+
     for resolution in args.resolutions:
         sync = load(args.model, resolution, args.device, args.dtype, args.backend, policy)
+        device = str(sync.core.device)
         full, tail = divmod(args.frames, config.chunk_frames)  # the chunk shapes the jobs will use
         sizes = range(1, min(args.max_batch, max(args.streams)) + 1)
         warm = sync.warm_up([config], batch_sizes=sizes if full else [], tails=[tail] if tail else [])
         warmups.append({"resolution": resolution, **warm})
+        save_partial()
         for mode in args.modes:
             solo = solo_runs(sync, mode, streams, config)  # the first N of these are "N one after another"
             for n in args.streams:
                 row = {"resolution": resolution, **measure(sync, mode, streams[:n], solo[:n], config)}
                 rows.append(row)
+                save_partial()
                 print({k: row[k] for k in ("mode", "resolution", "streams", "aggregate_frames_per_s",
                                            "sequential_frames_per_s", "identical_to_solo", "max_abs_diff_uint8")},
                       flush=True)
-        device = str(sync.core.device)
         sync.close()
         del sync
-    report = {
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]) if argv is None else argv,
-        "machine": machine_info(args.note), "versions": versions(), "device": device, "model": args.model, "backend": args.backend,
-        "settings": {"frames_per_stream": args.frames, "steps": args.steps, "guidance": args.guidance,
-                     "deepcache": args.deepcache, "policy": {"max_batch": args.max_batch,
-                                                             "max_wait_ms": args.max_wait_ms}},
-        "tolerance": {"max_abs_diff_uint8": TOLERANCE[0], "min_equal_fraction": TOLERANCE[1]},
-        "warm_up": warmups, "runs": rows,
-    }
-    return publish(report, args.out, plot, table, rows_key="runs")
+    return publish(report(True), args.out, plot, table, rows_key="runs")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The CUDA and TensorRT paths on a GPU (skipped without one): precision, executors, official-size engines.
 
-Nothing here needs the golden fixtures, so `benchmarks/gpu_check.py` runs every test on a lent GPU machine,
+Nothing here needs the golden fixtures, so `benchmarks/gpu_check.py` runs every test on a GPU machine,
 where only the repository travels. The TensorRT tests build official-size engines (minutes each): they are
 `slow` as well, and run on a user's machine with TensorRT (`pip install -e ".[trt]"`).
 """
@@ -65,8 +65,11 @@ def test_vae_channels_last_matches_nchw(tiny_cuda):
 
 @pytest.mark.requires_cuda
 def test_trt_executor_replays_one_graph_per_shape_with_its_own_context(tmp_path):
-    """The executor's per-shape contexts, buffers and CUDA graphs on a real GPU (the engine is a CuPy fake)."""
-    cupy = pytest.importorskip("cupy")
+    """The executor's per-shape contexts, buffers and CUDA graphs on a real GPU (the engine is a fake whose
+    "kernels" are torch ops on views of the bound addresses). The views are made from the raw addresses through a
+    version-2 `__cuda_array_interface__` (no stream field): torch never synchronises on another library's stream
+    while the executor captures its CUDA graph, which would fail the capture and leave the CUDA context unusable
+    for the tests after this one (CuPy arrays carry their current stream and made torch wait on it)."""
     sys.path.insert(0, str(Path(__file__).parent))
     try:
         from test_trt_build import _FakeContext, _FakeEngine, _FakeTrt
@@ -78,10 +81,7 @@ def test_trt_executor_replays_one_graph_per_shape_with_its_own_context(tmp_path)
     class CudaContext(_FakeContext):
         def execute_async_v3(self, stream):  # torch kernels on the capturing stream: recorded into the graph
             def view(name, shape):
-                count = int(torch.tensor(shape).prod())
-                memory = cupy.cuda.UnownedMemory(self.addresses[name], count * 4, None)
-                array = cupy.ndarray(shape, dtype=cupy.float32, memptr=cupy.cuda.MemoryPointer(memory, 0))
-                return torch.as_tensor(array, device="cuda")
+                return torch.as_tensor(_RawCudaFloats(self.addresses[name], shape), device="cuda")
 
             latents, images = view("latents", self.shapes["latents"]), view("images", self.get_tensor_shape("images"))
             images.copy_(latents[:, :3].repeat_interleave(8, dim=2).repeat_interleave(8, dim=3) * 2 + 1)
@@ -102,6 +102,14 @@ def test_trt_executor_replays_one_graph_per_shape_with_its_own_context(tmp_path)
         torch.testing.assert_close(executor({"latents": latents})["images"], want, rtol=0, atol=0)
     assert executor.cuda_graphs and executor.num_contexts == 2
     assert all(slot.graph is not None for slot in executor._slots.values())
+
+
+class _RawCudaFloats:
+    """float32 device memory at `address` seen through `__cuda_array_interface__` version 2 (no stream to sync on)."""
+
+    def __init__(self, address: int, shape) -> None:  # noqa: ANN001
+        self.__cuda_array_interface__ = {"shape": tuple(int(d) for d in shape), "typestr": "<f4",
+                                         "data": (int(address), False), "version": 2, "strides": None}
 
 
 @pytest.mark.requires_cuda

@@ -370,7 +370,9 @@ class _DeviceLoop:
         if self.device.type == "cuda" and not self.policy.profile:
             with self._cond:  # resolved later (stats_dict), so timing never waits for the device here
                 self._pending_clocks.append(clock)
-                del self._pending_clocks[:-256]  # keep a bounded backlog
+                overflow = _take_oldest(self._pending_clocks, PENDING_CLOCKS_MAX)
+            if overflow:  # resolved, not dropped: idle time must not be over-reported under load
+                self._count(busy_s=sum(c.total_s for c in overflow))
         else:
             self._count(busy_s=clock.total_s)
 
@@ -387,6 +389,19 @@ class _DeviceLoop:
         if self._fp32 is None and self._fp32_factory is not None:
             self._fp32 = self._fp32_factory()
         return self._fp32
+
+
+PENDING_CLOCKS_MAX = 256  # CUDA clocks kept unread; beyond it the oldest half is resolved on the device thread
+
+
+def _take_oldest(pending: list, limit: int) -> list:
+    """Remove and return the oldest half of `pending` once it exceeds `limit` (else nothing). Those batches were
+    queued `limit / 2` batches ago, so their CUDA events have long completed: reading them does not wait."""
+    if len(pending) <= limit:
+        return []
+    oldest = pending[: limit // 2]
+    del pending[: limit // 2]
+    return oldest
 
 
 def _resolve(future: Future, fn: Callable, oom: Callable[[], None] | None = None) -> None:
