@@ -42,7 +42,7 @@ from conftest import REPO_ROOT
 README = REPO_ROOT / "README.md"
 DOCS = REPO_ROOT / "docs"
 # Pages that parallel work adds to docs/: the lead removes each from here once its commands pass these checks.
-PAGES_NOT_YET_CHECKED = ("gpu-check.md", "install-notes.md")
+PAGES_NOT_YET_CHECKED = ("install-notes.md",)
 DOCUMENTS = [README, *(p for p in sorted(DOCS.glob("*.md")) if p.name not in PAGES_NOT_YET_CHECKED)]
 DEMO_MEDIA = REPO_ROOT / "examples" / "media"  # the demo clip the README's commands use, shipped in the repository
 CI_SCRIPT = REPO_ROOT / ".ci" / "run"
@@ -195,6 +195,8 @@ def kind_of(argv: tuple[str, ...]) -> str:
         return "venv"
     if argv[0] in (".", "source") and len(argv) == 2 and argv[1].endswith("/bin/activate"):
         return "venv"
+    if argv[0] == "bash" and len(argv) >= 2 and argv[1].endswith(".sh"):
+        return "shell-script"
     if argv[0] in EXTERNAL_PROGRAMS:
         return "external"
     return "unknown"
@@ -348,6 +350,10 @@ def test_printed_command_parses(printed: Printed, capsys):
         check_pip(argv)
     elif kind == "pytest":
         check_pytest(argv, inline=printed.kind == "inline")
+    elif kind == "shell-script":  # ours: it exists and bash parses it (tests/test_gpu_check.py runs gpu_remote.sh)
+        script = REPO_ROOT / argv[1]
+        assert script.is_file(), f"{printed.where}: {argv[1]} does not exist"
+        subprocess.run(["bash", "-n", str(script)], check=True)
     elif kind in ("venv", "external"):
         pass  # set-up steps and other programs: nothing of ours to check
     else:
