@@ -193,7 +193,9 @@ def make_executor(backend: str, network: str, ctx: BackendContext, *, allow_buil
         if reason is not None:  # before exporting anything
             raise BackendUnavailableError(f"{network} on onnxruntime: expected an fp32 or fp16 graph, found {reason}")
         onnx_path = _onnx_path(ctx, network, module, allow_build)
-        return OrtExecutor(network, onnx_path, ctx.geometry, ctx.device, providers=ctx.options.ort_providers)
+        o = ctx.options
+        return OrtExecutor(network, onnx_path, ctx.geometry, ctx.device, providers=o.ort_providers,
+                           cpu_mem_arena=o.ort_cpu_mem_arena, cuda_arena_strategy=o.ort_cuda_arena_strategy)
     from engine.backends.trt_backend import TrtExecutor
     from export.engines import ensure_engine
     from export.trt_env import detect_environment

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.cli.options import add_generation_options, add_length_option, add_model_options
+from engine.cli.options import add_generation_options, add_length_option, add_model_options, add_output_audio_option
 
 
 def register(subparsers) -> None:
@@ -17,6 +17,7 @@ def register(subparsers) -> None:
     p.add_argument("--strict-faces", action="store_true", help="fail if any frame has no face (default: pass through)")
     p.add_argument("--crf", type=int, default=18, help="x264 quality (lower is better; default 18)")
     add_length_option(p)
+    add_output_audio_option(p)
     p.add_argument("--report", help="write a JSON report (timings per stage, frame counts, no-face ranges)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
@@ -39,7 +40,8 @@ def _run(args: argparse.Namespace) -> int:
     sync = load_sync(args)
     with progress_bar(desc="lip-sync", unit="frame", enabled=not args.no_progress) as bar:
         result = sync.run(args.video, checked.samples, str(checked.output), config=config,
-                          strict_faces=args.strict_faces, crf=args.crf, progress=bar.callback, length=args.length)
+                          strict_faces=args.strict_faces, crf=args.crf, progress=bar.callback, length=args.length,
+                          output_audio=args.output_audio, audio_file=args.audio)
     if args.report:
         write_report(result, args.report)
     print(result.summary())

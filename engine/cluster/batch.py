@@ -10,35 +10,17 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 from engine.cluster.fingerprint import ContentHashes, job_fingerprint, up_to_date
 from engine.cluster.manifest import BatchJob, JobSettings, load_manifest
 from engine.cluster.options import ModelOptions
 from engine.cluster.outcome import SKIPPED, BatchReport, JobOutcome
+from engine.cluster.pending import PendingJob, RunResult  # noqa: F401 - also their old home for importers
 from engine.cluster.progress import BatchProgress
 from engine.errors import EngineError
 
 log = logging.getLogger("engine.batch")
-
-
-@dataclass
-class PendingJob:
-    """A job to run, the fingerprint the driver computed for it, and its attempts so far."""
-
-    job: BatchJob
-    fingerprint: dict
-    attempt: int = 1
-    history: list[str] = field(default_factory=list)  # why earlier attempts ended
-    tried: set[str] = field(default_factory=set)  # workers that died running it
-
-
-@dataclass(frozen=True)
-class RunResult:
-    outcomes: list[JobOutcome]
-    workers: int
-    startup_seconds: float  # cluster start + model loading, before the first job could start
-    runner: str
 
 
 def plan(jobs: list[BatchJob], model: ModelOptions, *, force: bool = False,

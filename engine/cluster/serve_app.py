@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from ray import serve
 
 from engine.cluster.ray_env import actor_layout
-from engine.cluster.serving import ServeSpec
+from engine.cluster.serve_spec import ServeSpec
 from engine.errors import EngineError, InvalidInputError
 
 log = logging.getLogger(__name__)
