@@ -83,6 +83,8 @@ def run_batch(manifest: str, *, model: ModelOptions, defaults: JobSettings = Job
             result = run_on_ray(todo, model, bar, ray, on_event=on_event)
     finally:
         bar.close()
+    from engine.runtime.heap import peak_rss_mib
+
     by_line = {o.line: o for o in [*skipped, *result.outcomes]}
     missing = [j.line for j in jobs if j.line not in by_line]
     if missing:  # every job gets an outcome; a runner that lost one is a bug, not a silent success
@@ -91,4 +93,5 @@ def run_batch(manifest: str, *, model: ModelOptions, defaults: JobSettings = Job
                        outcomes=[by_line[j.line] for j in jobs], wall_seconds=time.perf_counter() - t0,
                        startup_seconds=result.startup_seconds,
                        options={"model": asdict(model), "defaults": asdict(defaults), "force": force,
-                                "ray": asdict(ray) if ray is not None else None})
+                                "ray": asdict(ray) if ray is not None else None},
+                       peak_rss_mib=peak_rss_mib())

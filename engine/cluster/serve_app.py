@@ -142,8 +142,12 @@ async def pipe_session(ws: WebSocket, url: str, first: dict) -> None:
                 await upstream.send(_payload(message))
 
         async def replica_to_client() -> None:
+            # recv() in a loop, not `async for` (an async generator): cancelling this task when the client goes
+            # away then ends it at once, instead of a generator that Python finalises later and that logged
+            # "async generator ignored GeneratorExit" with a traceback
             try:
-                async for message in upstream:
+                while True:
+                    message = await upstream.recv()
                     if isinstance(message, bytes):
                         await ws.send_bytes(message)
                     else:

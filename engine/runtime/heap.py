@@ -22,3 +22,19 @@ def trim_heap() -> None:
             _malloc_trim = False
     if _malloc_trim:
         _malloc_trim(0)
+
+
+def peak_rss_mib() -> dict[str, float]:
+    """Peak resident memory so far (getrusage ru_maxrss, KiB on Linux) in MiB: this process, and the largest of
+    its waited-for child processes (0 when none; Ray workers are the raylet's children, not ours)."""
+    import resource
+
+    kib = 1024.0
+    return {"self": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kib, 1),
+            "children": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kib, 1)}
+
+
+def describe_peak_rss(peak: dict[str, float]) -> str:
+    """'peak RSS 2900 MiB' (plus the largest child's when there was one), for a command's summary line."""
+    text = f"peak RSS {peak['self']:.0f} MiB"
+    return text + (f" (largest child process {peak['children']:.0f} MiB)" if peak.get("children") else "")

@@ -216,7 +216,9 @@ class LipSyncServer:
             for signum in signals:
                 loop.remove_signal_handler(signum)
             await self.stop()
-        log.info("stopped")
+        from engine.runtime.heap import describe_peak_rss, peak_rss_mib
+
+        log.info("stopped after %d sessions | %s", self.sessions_served, describe_peak_rss(peak_rss_mib()))
         return received[0]
 
     def set_status(self, reason: str) -> None:
