@@ -199,8 +199,11 @@ def run_all(args: argparse.Namespace) -> int:
                 except subprocess.TimeoutExpired:
                     status, reason = "timeout", f"killed after {budgets[name] + GRACE_S:.0f} s; rows measured before stay"
         rows = _load(out)["results"].get(name, {}).get("rows", [])
+        problem = rows_problem(rows)
         if status == "ok" and rows and all("skipped" in r for r in rows):
             status, reason = "skipped", rows[0]["skipped"]
+        elif status == "ok" and problem:  # the step's process exited 0, but what it ran did not finish well
+            status, reason = problem
         elif status == "ok" and any("error" in r for r in rows):
             reason = "some cases failed: see their 'error'"
         set_step(out, name, status=status, reason=reason, seconds=round(time.monotonic() - started, 1))
@@ -212,6 +215,22 @@ def run_all(args: argparse.Namespace) -> int:
     render(out)
     print((out / "gpu_check.md").read_text())
     return 0
+
+
+def rows_problem(rows: list[dict]) -> tuple[str, str] | None:
+    """(status, reason) when a step's rows show it did not run to the end: pytest missing, failing or timed out
+    (the tests step's summary row), or a measurement that timed out; None otherwise."""
+    for row in rows:
+        if row.get("kind") == "summary" and row.get("returncode") != 0:
+            tail = str(row.get("output_tail") or "")
+            if row.get("returncode") is None:
+                return "timeout", tail.splitlines()[-1] if tail else "pytest timed out"
+            if "No module named pytest" in tail:
+                return "failed", "pytest is not installed (pip install -e \".[dev]\")"
+            return "failed", f"pytest exit code {row.get('returncode')} (see the test rows)"
+        if "timed out" in str(row.get("error", "")):
+            return "timeout", str(row["error"])[:300]
+    return None
 
 
 def _step_in_process(argv: list[str], log) -> tuple[str, str | None]:  # noqa: ANN001

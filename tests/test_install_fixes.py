@@ -254,3 +254,17 @@ def test_reference_of_another_clip_is_detected(media, tmp_path):
     assert reference_mismatch(one, again) is None  # the same clip, encoded differently
     assert "grey levels" in reference_mismatch(one, other)
     assert "frames" in reference_mismatch(one, longer)
+
+
+# ------------------------------------------------------------------ gpu_check statuses
+def test_gpu_check_step_is_not_ok_when_pytest_is_missing_or_a_run_timed_out(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from gpu_check import rows_problem
+
+    missing = [{"kind": "summary", "returncode": 1, "output_tail": "/usr/bin/python: No module named pytest"}]
+    assert rows_problem(missing) == ("failed", 'pytest is not installed (pip install -e ".[dev]")')
+    assert rows_problem([{"kind": "summary", "returncode": None, "output_tail": "pytest timed out after 60 s"}])[0] \
+        == "timeout"
+    assert rows_problem([{"kind": "throughput", "error": "timed out after 120 s"}]) == ("timeout",
+                                                                                        "timed out after 120 s")
+    assert rows_problem([{"kind": "summary", "returncode": 0, "output_tail": ""}, {"kind": "stream"}]) is None
