@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
             [sys.executable, "-c", SDK_CHILD, str(video), str(speech), str(work / "arena.mp4")], env, work / "arena.log")
     torch_peak = rows["run_torch"]["peak_rss_mib"]
     report = {
-        "machine": machine_info(args.note), "model": MODEL, "input": {"video": args.video.name, "seconds": args.seconds},
+        "machine": machine_info(args.note), "command": [Path(sys.executable).name, *sys.argv], "model": MODEL, "input": {"video": args.video.name, "seconds": args.seconds},
         "what": "peak RSS (ru_maxrss of each child process) of a 3 s job; run_auto follows engine export (ONNX "
                 "Runtime on every network); sdk_auto_ort_cpu_arena_on is the same auto job with ORT's CPU arena on, "
                 "the default before issue 22",

@@ -268,3 +268,15 @@ def test_gpu_check_step_is_not_ok_when_pytest_is_missing_or_a_run_timed_out(monk
     assert rows_problem([{"kind": "throughput", "error": "timed out after 120 s"}]) == ("timeout",
                                                                                         "timed out after 120 s")
     assert rows_problem([{"kind": "summary", "returncode": 0, "output_tail": ""}, {"kind": "stream"}]) is None
+
+
+# ------------------------------------------------------------------ serve --ray: a replica killed for memory
+def test_a_replica_killed_for_memory_is_named_as_such():
+    from engine.cluster.ray_env import actor_death_cause
+
+    oom = RuntimeError("The actor died unexpectedly before finishing this task.\n\tclass_name: StreamReplica\n"
+                       "Worker exit detail: Task was killed due to the node running low on memory. "
+                       "ray.exceptions.OutOfMemoryError")
+    assert actor_death_cause(oom).startswith("killed for memory")
+    assert actor_death_cause(RuntimeError("worker exit code 134")).startswith("aborted")
+    assert actor_death_cause(ValueError("something else\nmore")) == "ValueError: something else"

@@ -15,7 +15,7 @@ from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
 from ray import serve
 
-from engine.cluster.ray_env import actor_layout
+from engine.cluster.ray_env import actor_death_cause, actor_layout
 from engine.cluster.serve_spec import ServeSpec
 from engine.errors import EngineError, InvalidInputError
 
@@ -100,7 +100,10 @@ class ReplicaPool:
         except asyncio.TimeoutError:
             replica.down = "starting" if not replica.status else "not answering"
         except ray.exceptions.RayActorError as exc:
-            replica.down = f"down: {type(exc).__name__}"
+            first = replica.down is None or "died" not in replica.down
+            replica.down = f"down: {type(exc).__name__}: died, {actor_death_cause(exc)}"
+            if first:  # one clear line per death, not one per health poll
+                log.error("%s %s", replica.name, replica.down)
 
     def pick(self) -> tuple[_Replica | None, str]:
         """(the ready replica with the most free sessions, "") or (None, the close reason)."""
