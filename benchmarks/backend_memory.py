@@ -56,19 +56,41 @@ def measured(cmd: list[str], env: dict[str, str], log: Path) -> dict:
             "peak_rss_mib": round(usage.ru_maxrss / KIB_PER_MIB, 1), "output_lines": len(text.splitlines())}
 
 
-def make_inputs(video: Path, seconds: float, work: Path) -> tuple[Path, Path]:
-    """`seconds` of `video` (H.264, its own size) and its speech as a 16 kHz WAV."""
+def make_inputs(video: Path, seconds: float, work: Path, size: tuple[int, int] | None) -> tuple[Path, Path]:
+    """`seconds` of `video` (H.264, its own size unless `size`) and its speech as a 16 kHz WAV."""
     from engine.media import cut_clip, load_audio, write_wav
 
-    clip = cut_clip(video, work / "clip.mp4", seconds=seconds).path
+    clip = cut_clip(video, work / "clip.mp4", seconds=seconds, size=size).path
     speech = write_wav(work / "speech.wav", load_audio(clip))
     return Path(clip), speech
+
+
+def report(rows: dict, args: argparse.Namespace) -> dict:
+    torch_peak = rows["run_torch"]["peak_rss_mib"] if "run_torch" in rows else None
+    ratios = {name: round(rows[key]["peak_rss_mib"] / torch_peak, 2)
+              for name, key in (("auto_over_torch", "run_auto"), ("arena_on_over_torch", "sdk_auto_ort_cpu_arena_on"))
+              if key in rows and torch_peak}
+    return {
+        "machine": machine_info(args.note), "command": [Path(sys.executable).name, *sys.argv], "model": MODEL,
+        "input": {"video": args.video.name, "seconds": args.seconds, "size": args.size or "the video's own"},
+        "what": "peak RSS (ru_maxrss of each child process) of one job; run_auto follows engine export (ONNX "
+                "Runtime on every network); sdk_auto_ort_cpu_arena_on is the same auto job with ORT's CPU arena on, "
+                "the default before issue 22",
+        "rows": rows, **ratios,
+    }
+
+
+def write(result: dict, out: Path) -> dict:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--video", type=Path, default=SHARED_MEDIA / "demo1_video.mp4")
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), help="scale the clip (default: its own size)")
     parser.add_argument("--note", default="")
     parser.add_argument("--out", type=Path, default=RESULTS / "backend_memory.json")
     args = parser.parse_args(argv)
@@ -77,29 +99,19 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         env = {**os.environ, "LATENTSYNC_ENGINE_CACHE": str(work / "cache")}  # export registers here, not in ~
-        video, speech = make_inputs(args.video, args.seconds, work)
+        video, speech = make_inputs(args.video, args.seconds, work, tuple(args.size) if args.size else None)
         rows["export"] = measured([*engine, "export", "--model", MODEL], env, work / "export.log")
         run = [*engine, "run", "--model", MODEL, "--video", str(video), "--audio", str(speech), "--no-progress"]
         for backend in ("torch", "auto"):
             rows[f"run_{backend}"] = measured([*run, "--backend", backend, "--output", str(work / f"{backend}.mp4")],
                                               env, work / f"{backend}.log")
             rows[f"run_{backend}"]["summary"] = (work / f"{backend}.log").read_text().strip().splitlines()[-1]
+            write(report(rows, args), args.out)  # after each row: a cut run keeps what it measured
         rows["sdk_auto_ort_cpu_arena_on"] = measured(
             [sys.executable, "-c", SDK_CHILD, str(video), str(speech), str(work / "arena.mp4")], env, work / "arena.log")
-    torch_peak = rows["run_torch"]["peak_rss_mib"]
-    report = {
-        "machine": machine_info(args.note), "command": [Path(sys.executable).name, *sys.argv], "model": MODEL, "input": {"video": args.video.name, "seconds": args.seconds},
-        "what": "peak RSS (ru_maxrss of each child process) of a 3 s job; run_auto follows engine export (ONNX "
-                "Runtime on every network); sdk_auto_ort_cpu_arena_on is the same auto job with ORT's CPU arena on, "
-                "the default before issue 22",
-        "rows": rows,
-        "auto_over_torch": round(rows["run_auto"]["peak_rss_mib"] / torch_peak, 2),
-        "arena_on_over_torch": round(rows["sdk_auto_ort_cpu_arena_on"]["peak_rss_mib"] / torch_peak, 2),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in report.items() if k != "machine"}, indent=2))
-    return report
+    result = write(report(rows, args), args.out)
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
+    return result
 
 
 if __name__ == "__main__":
