@@ -188,7 +188,10 @@ async def _close(ws: WebSocket, code: int, reason: str) -> None:
 app = FastAPI(title="latentsync-engine streaming on Ray")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000, health_check_period_s=10)
+# No access log: it wrote one INFO line per /ready or /live poll; sessions are logged by the replicas' servers,
+# failures by this ingress itself.
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000, health_check_period_s=10,
+                  logging_config={"enable_access_log": False})
 @serve.ingress(app)
 class StreamIngress:
     """HTTP health + the WebSocket session router in front of the replicas (one ingress replica holds the counts)."""
