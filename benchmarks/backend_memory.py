@@ -6,8 +6,8 @@ memory of eager torch. This benchmark repeats that job in a fresh engine cache:
 
   1. `engine export --model tiny-random` (its wall time and the number of lines it prints),
   2. `engine run --backend torch` and `engine run --backend auto` (the CLI, each a fresh process),
-  3. the same auto job through the SDK with `EngineConfig(ort_cpu_mem_arena=True)`: the old default, for the
-     before/after ratio within one run.
+  3. the same job through the SDK on the exported ONNX files (`backend="onnxruntime"`, what auto ran before) with
+     `EngineConfig(ort_cpu_mem_arena=True)`: the old default, for the before/after ratio within one run.
 
 Each peak is the child's own `ru_maxrss` from os.wait4 (no sampling gaps). The commands run as argument lists.
 
@@ -35,8 +35,9 @@ from engine.cli.logs import configure
 from engine.pipeline.sdk import LipSync
 configure()
 video, audio, out = sys.argv[1:4]
-sync = LipSync.from_pretrained("tiny-random", device="cpu", dtype="fp32", backend="auto",
-                               engine=EngineConfig(ort_cpu_mem_arena=True))
+# explicit onnxruntime: auto itself now refuses ORT with the arena on (its memory rule)
+sync = LipSync.from_pretrained("tiny-random", device="cpu", dtype="fp32", backend="onnxruntime",
+                               engine=EngineConfig(ort_cpu_mem_arena=True, allow_build=False))
 print(sync(video, audio, out).summary())
 sync.close()
 """

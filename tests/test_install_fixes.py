@@ -226,7 +226,7 @@ def test_auto_never_picks_a_backend_needing_several_times_the_memory(tmp_path, m
     models = load_models("tiny-random")
     assert create_runners(models, "auto").choice["audio"] == "onnxruntime"
     arena = create_runners(models, "auto", engine=EngineConfig(ort_cpu_mem_arena=True))
-    assert arena.choice["audio"] == "torch"  # the arena's measured 3.4x is over the rule's 2x
+    assert arena.choice["audio"] == "torch"  # the arena's measured 5.33x is over the rule's 2x
 
 
 # ------------------------------------------------------------------ batch summary

@@ -55,7 +55,7 @@ class EngineConfig:
     trt_cuda_graphs: bool = True  # TensorRT executor: one CUDA graph per input shape
     ort_providers: tuple[Any, ...] | None = None  # e.g. ("TensorrtExecutionProvider", "CUDAExecutionProvider")
     # ONNX Runtime memory: every session's CPU arena keeps its high-water mark per shape and never returns it;
-    # with five sessions that made a 3 s CPU run peak at 3x eager torch (benchmarks/results/backend_memory.json).
+    # with five sessions that made a 3 s CPU run peak at 5.3x eager torch (benchmarks/results/backend_memory.json).
     ort_cpu_mem_arena: bool = False
     # CUDA EP arena growth: kSameAsRequested grows by what is asked, kNextPowerOfTwo (ORT's default) doubles
     ort_cuda_arena_strategy: str = "kSameAsRequested"
