@@ -394,8 +394,11 @@ def run_all(args: argparse.Namespace) -> int:
                 elif returncode != 0:
                     status, reason = "failed", f"exit code {returncode} (see {LOG_FILE})"
         rows = [r for r in read_report(out)["results"].get(name, {}).get("rows", []) if r.get("kind") != "preflight"]
+        problem = rows_problem(rows)
         if status == "ok" and rows and all("skipped" in r for r in rows):
             status, reason = "skipped", rows[0]["skipped"]
+        elif status == "ok" and problem:  # the step's process exited 0, but what it ran did not finish well
+            status, reason = problem
         elif status == "ok" and any("error" in r for r in rows):
             reason = "some cases failed: see their 'error'"
         append_record(out, {"event": "step", "name": name, "status": status, "reason": reason,
@@ -408,6 +411,22 @@ def run_all(args: argparse.Namespace) -> int:
     write_report(out)
     print((out / MD_FILE).read_text() if (out / MD_FILE).exists() else f"see {out / RESULT_FILE}")
     return 0
+
+
+def rows_problem(rows: list[dict]) -> tuple[str, str] | None:
+    """(status, reason) when a step's rows show it did not run to the end: pytest missing, failing or timed out
+    (the tests step's summary row), or a measurement that timed out; None otherwise."""
+    for row in rows:
+        if row.get("kind") == "summary" and (row.get("returncode") != 0 or row.get("timed_out")):
+            tail = str(row.get("output_tail") or "")
+            if row.get("returncode") is None or row.get("timed_out"):
+                return "timeout", tail.splitlines()[-1] if tail else "pytest timed out"
+            if "No module named pytest" in tail:
+                return "failed", "pytest is not installed (pip install -e \".[dev]\")"
+            return "failed", f"pytest exit code {row.get('returncode')} (see the test rows)"
+        if "timed out" in str(row.get("error", "")):
+            return "timeout", str(row["error"])[:300]
+    return None
 
 
 def _step_in_process(argv: list[str], log) -> tuple[str, str | None]:  # noqa: ANN001

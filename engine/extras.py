@@ -7,6 +7,7 @@ package ends in one plain message naming the extra to install (exit 7), never in
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from dataclasses import dataclass
 
@@ -47,6 +48,45 @@ EXTRAS: dict[str, Extra] = {
 
 class MissingExtraError(BackendUnavailableError):
     """An optional package that a command needs is not installed (exit 7, like any unavailable backend)."""
+
+
+# top-level import name -> the extra that installs it (also the modules those packages import themselves)
+MODULE_EXTRAS: dict[str, str] = {
+    **{module: extra.name for extra in reversed(EXTRAS.values()) for module in extra.modules},
+    "onnxruntime": "cpu", "fastapi": "ray", "starlette": "ray", "uvicorn": "ray",
+}
+# core dependencies: missing means a broken install, not a missing extra
+CORE_MODULES = ("torch", "onnx", "onnxscript", "onnx_ir", "av", "cv2", "numpy", "diffusers", "transformers",
+                "safetensors", "huggingface_hub", "tqdm")
+
+
+def missing_module_error(exc: ModuleNotFoundError, *, what: str | None = None) -> BackendUnavailableError | None:
+    """The typed error for an import that failed because a package is not installed, or None when unknown.
+
+    An optional package names its extra (MissingExtraError); a core one says the install is incomplete.
+    """
+    top = (exc.name or "").split(".")[0]
+    subject = f"{what}: " if what else ""
+    if top in MODULE_EXTRAS:
+        name = MODULE_EXTRAS[top]
+        return MissingExtraError(
+            f"{subject}expected the [{name}] extra ({EXTRAS[name].purpose}), found {exc.name} not installed; "
+            f'install it with: pip install -e ".[{name}]"')
+    if top in CORE_MODULES:
+        return MissingExtraError(
+            f"{subject}expected the core dependency {top} (in every install of latentsync-engine), found it not "
+            'installed; reinstall with: pip install -e .')
+    return None
+
+
+def import_optional(module: str, extra: str, *, what: str | None = None):  # noqa: ANN201 - the module
+    """`importlib.import_module(module)`, raising MissingExtraError naming `extra` when a package is missing."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        raise MissingExtraError(
+            f"{what or EXTRAS[extra].purpose}: expected the [{extra}] extra, found {exc.name} not installed; "
+            f'install it with: pip install -e ".[{extra}]"') from exc
 
 
 def missing_modules(name: str) -> list[str]:

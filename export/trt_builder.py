@@ -88,7 +88,9 @@ def build_serialized_engine(
 ) -> tuple[bytes, bytes]:
     """(serialized engine, serialized timing cache) for `onnx_path` with one optimisation profile."""
     if trt is None:
-        import tensorrt as trt
+        from engine.extras import import_optional
+
+        trt = import_optional("tensorrt", "trt", what="engine build")
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)

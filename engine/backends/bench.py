@@ -16,6 +16,8 @@ import torch
 
 from engine.backends.base import run_executor
 from engine.backends.select import BACKENDS, BackendContext, make_executor, unavailable_reason
+from engine.errors import BackendUnavailableError
+from engine.extras import missing_module_error
 from export.specs import ShapeSettings, get_spec
 from export.wrappers import graph_dtype
 
@@ -85,7 +87,7 @@ def bench_networks(ctx: BackendContext, networks: list[str], backends: list[str]
                                    "device": str(ctx.device), "dtype": str(dtype).replace("torch.", "")}
             reason = unavailable_reason(backend, ctx.device)
             if reason is not None:
-                rows.append({**row, "skipped": reason})
+                rows.append(_skipped(row, reason))
                 continue
             try:
                 start = time.perf_counter()
@@ -97,6 +99,10 @@ def bench_networks(ctx: BackendContext, networks: list[str], backends: list[str]
                     outputs.update(run_executor(executor, feeds, dtype, ctx.device))
 
                 row.update(time_calls(call, ctx.device, settings))
+            except (BackendUnavailableError, ModuleNotFoundError) as exc:  # a missing package: skipped, with why
+                error = missing_module_error(exc) if isinstance(exc, ModuleNotFoundError) else exc
+                rows.append(_skipped(row, str(error or exc)))
+                continue
             except Exception as exc:  # a benchmark reports a failing backend instead of stopping
                 log.warning("bench %s on %s failed: %s", network, backend, exc)
                 rows.append({**row, "error": f"{type(exc).__name__}: {exc}"})
@@ -115,6 +121,22 @@ def bench_networks(ctx: BackendContext, networks: list[str], backends: list[str]
                      f"x{row.get('speedup_vs_torch', float('nan')):.2f} vs torch")
             rows.append(row)
     return rows
+
+
+def _skipped(row: dict[str, Any], reason: str) -> dict[str, Any]:
+    """A row for a backend that cannot run here: kept in the JSON, the table and the plot, with the reason."""
+    log.warning("bench %s on %s skipped: %s", row["network"], row["backend"], reason)
+    return {**row, "skipped": reason}
+
+
+def skipped_summary(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per backend that did not run (skipped or failed), with its first reason."""
+    reasons: dict[str, str] = {}
+    for r in rows:
+        why = r.get("skipped") or r.get("error")
+        if why and r["backend"] not in reasons:
+            reasons[r["backend"]] = f"{'skipped' if r.get('skipped') else 'failed'}: {why}"
+    return [f"{backend} {why}" for backend, why in reasons.items()]
 
 
 def _group(network: str) -> str:
@@ -181,6 +203,9 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
                         if f"{r['model']}\n{r['network']}" == c and r["backend"] == backend), 0) for c in cases]
         ax.bar([x + i * width for x in range(len(cases))], values, width, label=backend)
     ax.axhline(1.0, color="gray", linewidth=0.8)
+    notes = skipped_summary(rows)
+    if notes:  # a backend that did not run is named on the plot, not just missing from it
+        ax.set_title("not run: " + "; ".join(n[:90] for n in notes), fontsize=7, loc="left")
     ax.set_xticks([x + width * (len(backends) - 1) / 2 for x in range(len(cases))], cases, fontsize=8)
     ax.set_ylabel("speed-up vs eager torch (median latency)")
     ax.legend()

@@ -30,6 +30,7 @@ REGISTRY_FILE = "engines.json"  # <engine cache>/engines.json: {"models": {model
 DIR_CONFIG_FILE = "engine-config.json"  # in an artifact folder: what build/export made there and how
 REGISTRY_FORMAT = 1
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+ORT_ARENA_STRATEGIES = ("kSameAsRequested", "kNextPowerOfTwo")
 _GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that capture CUDA graphs
 # What a TensorRT engine was built for: `run` must use the same values or the engine key differs.
 PROFILE_FIELDS = ("batch", "frames", "audio_batch", "opt_level", "workspace_gib", "typing", "fp32_norms", "precision")
@@ -53,6 +54,11 @@ class EngineConfig:
     fp32_norms: bool = True
     trt_cuda_graphs: bool = True  # TensorRT executor: one CUDA graph per input shape
     ort_providers: tuple[Any, ...] | None = None  # e.g. ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+    # ONNX Runtime memory: every session's CPU arena keeps its high-water mark per shape and never returns it;
+    # with five sessions that made a 3 s CPU run peak at 5.3x eager torch (benchmarks/results/backend_memory.json).
+    ort_cpu_mem_arena: bool = False
+    # CUDA EP arena growth: kSameAsRequested grows by what is asked, kNextPowerOfTwo (ORT's default) doubles
+    ort_cuda_arena_strategy: str = "kSameAsRequested"
     compile_mode: str | None = None  # torch.compile mode; None: reduce-overhead on CUDA (default without graphs)
     compile_cuda_graphs: bool = True  # let torch.compile capture CUDA graphs (CUDA only)
     device: DeviceOptions = field(default_factory=DeviceOptions)
@@ -63,6 +69,8 @@ class EngineConfig:
             value = getattr(self, name)
             expect(isinstance(value, int) and value > 0, InvalidInputError, name, "a positive int", value)
         expect(self.typing in ("strong", "weak"), InvalidInputError, "typing", ("strong", "weak"), self.typing)
+        expect(self.ort_cuda_arena_strategy in ORT_ARENA_STRATEGIES, InvalidInputError, "ort_cuda_arena_strategy",
+               ORT_ARENA_STRATEGIES, self.ort_cuda_arena_strategy)
         expect(self.compile_mode is None or self.compile_mode in COMPILE_MODES, InvalidInputError, "compile mode",
                COMPILE_MODES, self.compile_mode)
         if self.artifact_dir is not None and not isinstance(self.artifact_dir, Path):

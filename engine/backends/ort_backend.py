@@ -53,11 +53,33 @@ def ort_dtype_reason(dtype: torch.dtype) -> str | None:
     return None
 
 
-def default_providers(device: torch.device) -> list:
-    """Provider list for `device` (TensorRT EP only when asked for explicitly through `providers`)."""
+def default_providers(device: torch.device, *, cuda_arena_strategy: str = "kSameAsRequested") -> list:
+    """Provider list for `device` (TensorRT EP only when asked for explicitly through `providers`).
+
+    The CUDA EP's arena grows by what each allocation asks (kSameAsRequested), not to the next power of two
+    (ORT's default), which can reserve up to twice the largest activation set and never return it.
+    """
     if device.type == "cuda":
-        return [(CUDA_PROVIDERS[0], {"device_id": device.index or 0}), CUDA_PROVIDERS[1]]
+        return [(CUDA_PROVIDERS[0], {"device_id": device.index or 0, "arena_extend_strategy": cuda_arena_strategy}),
+                CUDA_PROVIDERS[1]]
     return list(CPU_PROVIDERS)
+
+
+def session_options(ort, *, cpu_mem_arena: bool = False, threads: int | None = None):  # noqa: ANN001, ANN201
+    """SessionOptions of every engine session.
+
+    The CPU arena is off by default: each session's arena keeps the high-water mark of every shape it ran and
+    never gives it back, so five sessions held several times what eager torch needs for the same job
+    (docs/install-notes.md, benchmarks/results/backend_memory.json). Inputs and outputs are torch tensors bound
+    in place, so the arena only served intermediate activations; the memory pattern planner stays on.
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only
+    options.enable_cpu_mem_arena = cpu_mem_arena
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
 
 
 class OrtExecutor:
@@ -66,17 +88,16 @@ class OrtExecutor:
     backend = "onnxruntime"
 
     def __init__(self, network: str, onnx_path: Path, geometry: Geometry, device: torch.device, *,
-                 providers: Sequence | None = None, threads: int | None = None):
-        import onnxruntime as ort
+                 providers: Sequence | None = None, threads: int | None = None, cpu_mem_arena: bool = False,
+                 cuda_arena_strategy: str = "kSameAsRequested"):
+        from engine.extras import import_optional
 
+        ort = import_optional("onnxruntime", "cpu", what=f"{network} on onnxruntime")
         self.network, self.spec, self.geometry = network, get_spec(network), geometry
         self.device = torch.device(device)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=list(providers or default_providers(self.device)))
+        options = session_options(ort, cpu_mem_arena=cpu_mem_arena, threads=threads)
+        providers = list(providers or default_providers(self.device, cuda_arena_strategy=cuda_arena_strategy))
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         names = tuple(i.name for i in self.session.get_inputs()), tuple(o.name for o in self.session.get_outputs())
         expect(names == (self.spec.input_names, self.spec.output_names), IncompatibleEngineError,
                f"ONNX {onnx_path} inputs/outputs", (self.spec.input_names, self.spec.output_names), names)

@@ -3,7 +3,8 @@
 `auto` is eager torch unless the user opted into built artifacts (a folder that `engine export`/`engine build`
 registered for the model, or one given as `--artifacts` / EngineConfig.artifact_dir); then it walks a fixed
 preference order per device over those artifacts. It never exports or builds, so the choice cannot change
-because some other command left files in the cache, and it logs one line naming the choice per network group
+because some other command left files in the cache, never takes a backend that needs more than
+AUTO_MAX_MEMORY_FACTOR times eager torch's memory (measured), and it logs one line naming the choice per network group
 (a warning, with each rejected candidate's reason, when an opted-in artifact could not be used). An explicit
 backend never falls back: it raises BackendUnavailableError (R18), or IncompatibleEngineError when its
 artifacts are stale and building is not allowed (R15).
@@ -50,6 +51,28 @@ AUTO_ORDER = {
     "cuda": ("tensorrt", "onnxruntime", "torch"),
     "cpu": ("onnxruntime", "torch"),
 }
+# auto's memory rule: never a backend whose peak resident memory on a job exceeds this many times that of eager
+# torch, the fallback. Factors are measured (benchmarks/backend_memory.py, results/backend_memory.json: a 3 s
+# tiny-random job on the CPU, peak RSS of `engine run` per backend); a backend without a measured factor is allowed.
+AUTO_MAX_MEMORY_FACTOR = 2.0
+MEASURED_MEMORY_FACTORS = {  # (backend, device type, ONNX Runtime CPU arena on) -> peak RSS / eager torch's
+    ("onnxruntime", "cpu", False): 1.11,
+    ("onnxruntime", "cpu", True): 5.33,  # ORT's default session options: the arena this engine turns off
+}
+
+
+def memory_factor(backend: str, device: torch.device, config: EngineConfig) -> float | None:
+    """Measured peak resident memory of `backend` on `device` over eager torch's on the same job, or None."""
+    return MEASURED_MEMORY_FACTORS.get((backend, device.type, bool(config.ort_cpu_mem_arena)))
+
+
+def memory_reason(backend: str, device: torch.device, config: EngineConfig) -> str | None:
+    """Why auto must not pick `backend` for its memory (AUTO_MAX_MEMORY_FACTOR), or None when it may."""
+    factor = memory_factor(backend, device, config)
+    if factor is None or factor <= AUTO_MAX_MEMORY_FACTOR:
+        return None
+    return (f"needs {factor:g}x the resident memory of eager torch on {device.type} with these options (measured: "
+            f"benchmarks/results/backend_memory.json); auto allows at most {AUTO_MAX_MEMORY_FACTOR:g}x")
 
 
 def unavailable_reason(backend: str, device: torch.device | str) -> str | None:
@@ -204,7 +227,9 @@ def make_executor(backend: str, network: str, ctx: BackendContext, *, allow_buil
         if reason is not None:  # before exporting anything
             raise BackendUnavailableError(f"{network} on onnxruntime: expected an fp32 or fp16 graph, found {reason}")
         onnx_path = _onnx_path(ctx, network, module, allow_build)
-        return OrtExecutor(network, onnx_path, ctx.geometry, ctx.device, providers=ctx.options.ort_providers)
+        o = ctx.options
+        return OrtExecutor(network, onnx_path, ctx.geometry, ctx.device, providers=o.ort_providers,
+                           cpu_mem_arena=o.ort_cpu_mem_arena, cuda_arena_strategy=o.ort_cuda_arena_strategy)
     from engine.backends.trt_backend import TrtExecutor
     from export.engines import ensure_engine
     from export.trt_env import detect_environment
@@ -232,7 +257,7 @@ def _auto(group: str, ctx: BackendContext, rejected: dict[tuple[str, str], list[
     for backend in AUTO_ORDER[ctx.device.type]:
         if backend in ARTIFACT_BACKENDS and not ctx.options.artifacts_opted_in:
             continue  # files nobody registered (a benchmark's, an explicit run's) never change auto's choice
-        reason = unavailable_reason(backend, ctx.device)
+        reason = unavailable_reason(backend, ctx.device) or memory_reason(backend, ctx.device, ctx.options)
         if reason is None:
             try:
                 return backend, _executors(backend, group, ctx, allow_build=False)

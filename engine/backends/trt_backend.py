@@ -62,7 +62,9 @@ class TrtExecutor:
                  cuda_graphs: bool = True, runtime_module: Any = None):
         trt = runtime_module
         if trt is None:
-            import tensorrt as trt
+            from engine.extras import import_optional
+
+            trt = import_optional("tensorrt", "trt", what=f"{network} on TensorRT")
 
         self.network, self.spec, self.geometry = network, get_spec(network), geometry
         self.device = torch.device(device)

@@ -67,6 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     except EngineError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ModuleNotFoundError as exc:  # a lazy import no `require` guarded: still name the extra, no traceback
+        from engine.extras import missing_module_error
+
+        error = missing_module_error(exc, what=f"engine {args.command}")
+        if error is None:
+            raise
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt as exc:
         print("terminated" if isinstance(exc, Terminated) else "interrupted", file=sys.stderr)
         status = exit_status(exc)

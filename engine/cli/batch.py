@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine.cli.options import add_generation_options, add_length_option, add_model_options
+from engine.cli.options import add_generation_options, add_length_option, add_model_options, add_output_audio_option
 from engine.cluster.serving import add_ray_resource_options
 from engine.errors import InvalidInputError
 
@@ -29,6 +29,7 @@ def register(subparsers) -> None:
     jobs.add_argument("--strict-faces", action="store_true", help="a frame without a face fails its job")
     jobs.add_argument("--crf", type=int, default=18, help="x264 quality of every output (default 18)")
     add_length_option(jobs)
+    add_output_audio_option(jobs)
     run = p.add_argument_group("running")
     run.add_argument("--ray", nargs="?", const="default", metavar="ADDRESS",
                      help="run on Ray: local (a private cluster for this run), auto or ray://HOST:PORT (an existing "
@@ -82,7 +83,7 @@ def _batch(args: argparse.Namespace) -> int:
     model = ModelOptions.from_args(args)
     defaults = JobSettings(preset=args.preset, steps=args.steps, guidance=args.guidance, deepcache=args.deepcache,
                            seed=args.seed, face=args.face, strict_faces=args.strict_faces, crf=args.crf,
-                           length=args.length)
+                           length=args.length, output_audio=args.output_audio)
     report = run_batch(args.manifest, model=model, defaults=defaults, ray=ray, force=args.force,
                        progress=False if args.no_progress else None, in_flight=args.jobs_per_worker,
                        report=str(report_file))

@@ -22,15 +22,23 @@ def register(subparsers) -> None:
                    help="untimed calls after the first (the first call is timed apart: export, compile, capture)")
     p.add_argument("--artifacts", help="artifact folder for ONNX files / engines (default: <engine cache>/bench-artifacts/"
                                        "<model>, which `engine run` never uses unasked)")
-    p.add_argument("--out", default="benchmarks/results/backends.json", help="JSON output (PNG beside it)")
+    p.add_argument("--out", help="JSON output, PNG beside it (default: <engine cache>/bench/backends.json; nothing is"
+                                 " written into the working directory unless --out says so)")
     p.add_argument("--offline", action="store_true", help="never contact the model hub (use cached weights)")
     p.add_argument("--no-plot", action="store_true", help="no PNG (the plot needs matplotlib: the [plot] extra)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
 
 
+def default_bench_out():  # noqa: ANN201 - Path
+    """Where `engine bench` writes without --out: the engine cache, never the working directory."""
+    from engine.weights import engine_cache_dir
+
+    return engine_cache_dir() / "bench" / "backends.json"
+
+
 def _run(args: argparse.Namespace) -> int:
-    from engine.backends.bench import BenchSettings, bench_networks, format_table, write_results
+    from engine.backends.bench import BenchSettings, bench_networks, format_table, skipped_summary, write_results
     from engine.backends.config import EngineConfig, bench_artifact_dir
     from engine.backends.select import BACKENDS, BackendContext
     from engine.cli.export import parse_networks
@@ -64,7 +72,9 @@ def _run(args: argparse.Namespace) -> int:
             rows += bench_networks(ctx, [network], backends, shapes,
                                    BenchSettings(warmup=args.warmup, iters=args.iters), label=models.name)
             bar.update()
-    out = write_results(rows, args.out, extra={"settings": vars(args) | {"func": None}}, plot=not args.no_plot)
+    out = write_results(rows, args.out or default_bench_out(), extra={"settings": vars(args) | {"func": None}}, plot=not args.no_plot)
     print(format_table(rows))
+    for line in skipped_summary(rows):
+        print(f"not run: {line}")
     print(f"wrote {out}")
     return 0

@@ -51,6 +51,7 @@ def collect() -> dict:
     else:
         cuda["why_not"] = "no CUDA device visible to torch" if torch.version.cuda else "CPU-only torch build"
     report["cuda"] = cuda
+    report["cuda_without_gpu"] = cuda_libraries_without_gpu(torch.__version__, torch.version.cuda, cuda["available"])
     report["onnxruntime"] = _onnxruntime(cuda)
     for name in ("tensorrt", "triton", "ai_edge_litert"):
         version, err = _module_version(name)
@@ -62,6 +63,50 @@ def collect() -> dict:
     report["face_models"] = _face_models()
     report["shadowed_packages"] = _shadowed()
     return report
+
+
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def nvidia_distributions() -> dict[str, int]:
+    """{name: installed bytes} of every `nvidia-*` pip distribution (CUDA runtime libraries)."""
+    import importlib.metadata
+
+    found: dict[str, int] = {}
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name.startswith("nvidia-") and name not in found:
+            size = 0
+            for f in dist.files or ():
+                try:
+                    size += os.path.getsize(dist.locate_file(f))
+                except OSError:
+                    pass
+            found[name] = size
+    return found
+
+
+def gpu_visible(torch_sees_cuda: bool) -> bool:
+    """A GPU torch can use, or an NVIDIA device node (a CPU torch build cannot tell)."""
+    return torch_sees_cuda or os.path.exists("/dev/nvidiactl")
+
+
+def cuda_libraries_without_gpu(torch_version: str, torch_cuda: str | None, torch_sees_cuda: bool) -> str | None:
+    """A warning when CUDA libraries (a +cuXXX torch, nvidia-* wheels) are installed but no GPU is visible."""
+    if gpu_visible(torch_sees_cuda):
+        return None
+    found = []
+    if torch_cuda or "+cu" in torch_version:
+        found.append(f"torch {torch_version} is a CUDA build (CUDA {torch_cuda})")
+    nvidia = nvidia_distributions()
+    if nvidia:
+        found.append(f"{len(nvidia)} nvidia-* packages ({sum(nvidia.values()) / 2**30:.1f} GiB: "
+                     f"{', '.join(sorted(nvidia)[:3])}{', ...' if len(nvidia) > 3 else ''})")
+    if not found:
+        return None
+    return ("CUDA libraries are installed but no GPU is visible: " + "; ".join(found) + ". They are never used "
+            "here. For a CPU-only environment install the CPU build of torch first, then the engine: "
+            f"pip install torch --index-url {CPU_TORCH_INDEX} (see docs/install-notes.md)")
 
 
 def _shadowed() -> list[dict]:
@@ -190,6 +235,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  GPU {d['name']}  sm {d['compute_capability']}  {d['memory_gib']} GiB  bf16={d['bf16']}")
     else:
         print(f"  CUDA: no ({report['cuda']['why_not']})")
+    if report["cuda_without_gpu"]:
+        print(f"  WARNING {report['cuda_without_gpu']}")
     ort = report["onnxruntime"]
     if ort["version"]:
         print(f"onnxruntime {ort['version']}: usable providers {', '.join(ort['providers']) or 'none'}")

@@ -105,7 +105,16 @@ def _eval(args: argparse.Namespace) -> int:
         check_output(args.json, inputs=(("--video", args.video), ("--audio", audio), ("--reference", args.reference)),
                      suffixes=None, what="--json")
     if args.reference is not None:
+        import logging
+
+        from engine.eval.reference_match import reference_mismatch
+
         probe(args.reference, require_video=True)
+        why = reference_mismatch(args.video, args.reference)
+        if why:  # PSNR / SSIM against another clip measure nothing: say so, the user may still want them
+            logging.getLogger("engine.eval").warning(
+                "--reference %s does not look like a run of the same input as --video %s: it has %s; its PSNR / "
+                "SSIM / flicker compare different clips", args.reference, args.video, why)
     networks = load_networks(**_network_args(args))
     with progress_bar(desc="eval: faces", unit="frame", enabled=not args.no_progress) as bar:
         boxes, landmarks = face_boxes(args.face, args.box, args.video, progress=bar.callback)

@@ -48,6 +48,15 @@ def add_length_option(p) -> None:
                         "(80 ms longer, as the official pipeline)")
 
 
+def add_output_audio_option(p) -> None:
+    """`--output-audio` (engine run, engine batch): which audio the output carries."""
+    from engine.pipeline.config import DEFAULT_OUTPUT_AUDIO, OUTPUT_AUDIO
+
+    p.add_argument("--output-audio", default=DEFAULT_OUTPUT_AUDIO, choices=list(OUTPUT_AUDIO),
+                   help="source = the speech file's own audio, at its sample rate and channels (default); model = "
+                        "the 16 kHz mono signal the model hears (the output of earlier versions)")
+
+
 def generation_settings(args: argparse.Namespace):
     """The SyncConfig that `add_generation_options` flags ask for."""
     from engine.pipeline.config import resolve_config

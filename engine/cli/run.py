@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.cli.options import add_generation_options, add_length_option, add_model_options
+from engine.cli.options import add_generation_options, add_length_option, add_model_options, add_output_audio_option
 
 
 def register(subparsers) -> None:
@@ -20,6 +20,7 @@ def register(subparsers) -> None:
                    help="x264 preset (default medium; veryfast/ultrafast encode 1080p several times faster at a "
                         "larger file, see docs/system-benchmark.md)")
     add_length_option(p)
+    add_output_audio_option(p)
     p.add_argument("--report", help="write a JSON report (timings per stage, frame counts, no-face ranges)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
@@ -46,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
     with progress_bar(desc="lip-sync", unit="frame", enabled=not args.no_progress) as bar:
         result = sync.run(args.video, checked.samples, str(checked.output), config=config,
                           strict_faces=args.strict_faces, crf=args.crf, progress=bar.callback, length=args.length,
-                          encode_preset=args.encode_preset)
+                          encode_preset=args.encode_preset, output_audio=args.output_audio, audio_file=args.audio)
     if args.report:
         write_report(result, args.report)
     print(result.summary())

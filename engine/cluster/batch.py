@@ -10,35 +10,17 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 from engine.cluster.fingerprint import ContentHashes, job_fingerprint, up_to_date
 from engine.cluster.manifest import BatchJob, JobSettings, load_manifest
 from engine.cluster.options import ModelOptions
 from engine.cluster.outcome import SKIPPED, BatchReport, JobOutcome
+from engine.cluster.pending import PendingJob, RunResult  # noqa: F401 - also their old home for importers
 from engine.cluster.progress import BatchProgress
 from engine.errors import EngineError
 
 log = logging.getLogger("engine.batch")
-
-
-@dataclass
-class PendingJob:
-    """A job to run, the fingerprint the driver computed for it, and its attempts so far."""
-
-    job: BatchJob
-    fingerprint: dict
-    attempt: int = 1
-    history: list[str] = field(default_factory=list)  # why earlier attempts ended
-    tried: set[str] = field(default_factory=set)  # workers that died running it
-
-
-@dataclass(frozen=True)
-class RunResult:
-    outcomes: list[JobOutcome]
-    workers: int
-    startup_seconds: float  # cluster start + model loading, before the first job could start
-    runner: str
 
 
 def plan(jobs: list[BatchJob], model: ModelOptions, *, force: bool = False,
@@ -106,6 +88,8 @@ def run_batch(manifest: str, *, model: ModelOptions, defaults: JobSettings = Job
             result = run_on_ray(todo, model, bar, ray, on_event=on_event)
     finally:
         bar.close()
+    from engine.runtime.heap import peak_rss_mib
+
     by_line = {o.line: o for o in [*skipped, *result.outcomes]}
     missing = [j.line for j in jobs if j.line not in by_line]
     if missing:  # every job gets an outcome; a runner that lost one is a bug, not a silent success
@@ -114,4 +98,5 @@ def run_batch(manifest: str, *, model: ModelOptions, defaults: JobSettings = Job
                        outcomes=[by_line[j.line] for j in jobs], wall_seconds=time.perf_counter() - t0,
                        startup_seconds=result.startup_seconds,
                        options={"model": asdict(model), "defaults": asdict(defaults), "force": force,
-                                "ray": asdict(ray) if ray is not None else None})
+                                "ray": asdict(ray) if ray is not None else None},
+                       peak_rss_mib=peak_rss_mib())

@@ -66,7 +66,8 @@ def job_fingerprint(job: BatchJob, model: ModelOptions, hashes: ContentHashes) -
     return {
         "inputs": inputs,
         "settings": {**model.identity(), "config": asdict(settings.sync_config()), "face": face,
-                     "strict_faces": settings.strict_faces, "crf": settings.crf, "length": settings.length},
+                     "strict_faces": settings.strict_faces, "crf": settings.crf, "length": settings.length,
+                     "output_audio": settings.output_audio},
     }
 
 

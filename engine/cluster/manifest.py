@@ -1,7 +1,7 @@
 """A batch manifest: one job per line (JSONL or CSV), every line validated before any work starts.
 
 Keys: `video`, `audio`, `output` (required) and the settings `engine run` names `preset`, `steps`,
-`guidance`, `deepcache`, `seed`, `face`, `strict_faces` (or `strict-faces`), `crf`, `length`; optionally `id`
+`guidance`, `deepcache`, `seed`, `face`, `strict_faces` (or `strict-faces`), `crf`, `length`, `output_audio`; optionally `id`
 (a name for the report). Relative paths are relative to the manifest's folder, so a manifest means
 the same from any working directory. CSV needs a header row; an empty cell leaves a setting unset.
 
@@ -22,11 +22,20 @@ from pathlib import Path
 from engine.constants import FPS, SAMPLE_RATE
 from engine.errors import EngineError, InvalidInputError
 from engine.media.paths import VIDEO_SUFFIXES
-from engine.pipeline.config import DEFAULT_LENGTH, SyncConfig, check_length, output_frame_count, resolve_config
+from engine.pipeline.config import (
+    DEFAULT_LENGTH,
+    DEFAULT_OUTPUT_AUDIO,
+    SyncConfig,
+    check_length,
+    check_output_audio,
+    output_frame_count,
+    resolve_config,
+)
 
 PATH_KEYS = ("video", "audio", "output")
 INT_SETTINGS = ("steps", "deepcache", "seed", "crf")
-SETTING_KEYS = ("preset", "steps", "guidance", "deepcache", "seed", "face", "strict_faces", "crf", "length")
+SETTING_KEYS = ("preset", "steps", "guidance", "deepcache", "seed", "face", "strict_faces", "crf", "length",
+                "output_audio")
 KEY_ALIASES = {"strict-faces": "strict_faces"}
 KNOWN_KEYS = ("id", *PATH_KEYS, *SETTING_KEYS)
 OUTPUT_SUFFIXES = VIDEO_SUFFIXES  # what the mp4 writer produces
@@ -49,6 +58,7 @@ class JobSettings:
     strict_faces: bool = False
     crf: int = 18
     length: str = DEFAULT_LENGTH  # audio: as long as the speech; official: the official frame count
+    output_audio: str = DEFAULT_OUTPUT_AUDIO  # source: the speech file's own audio; model: the 16 kHz mono signal
 
     def sync_config(self) -> SyncConfig:
         """The SyncConfig `engine run` builds from the same options (raises InvalidInputError when out of range)."""
@@ -62,6 +72,7 @@ class JobSettings:
         if not (isinstance(self.crf, int) and 0 <= self.crf <= MAX_CRF):
             raise InvalidInputError(f"crf: expected an int in 0..{MAX_CRF}, found {self.crf!r}")
         check_length(self.length)
+        check_output_audio(self.output_audio)
         if self.face not in FACE_NAMES and not Path(self.face).is_file():
             raise InvalidInputError(f"face: expected one of {FACE_NAMES} or an existing face-track JSON file, "
                                     f"found {self.face!r}")

@@ -46,6 +46,7 @@ class BatchReport:
     startup_seconds: float
     options: dict
     started_at: float = field(default_factory=time.time)
+    peak_rss_mib: dict = field(default_factory=dict)  # {"self", "children"}: engine.runtime.heap.peak_rss_mib()
 
     def counts(self) -> dict[str, int]:
         counts = Counter(o.status for o in self.outcomes)
@@ -69,15 +70,19 @@ class BatchReport:
         return {"manifest": self.manifest, "runner": self.runner, "workers": self.workers, "counts": self.counts(),
                 "frames": self.frames, "wall_seconds": round(self.wall_seconds, 3),
                 "startup_seconds": round(self.startup_seconds, 3), **self.throughput(), "options": self.options,
-                "started_at": self.started_at, "jobs": [o.to_json() for o in self.outcomes]}
+                "started_at": self.started_at, "peak_rss_mib": self.peak_rss_mib,
+                "jobs": [o.to_json() for o in self.outcomes]}
 
     def summary(self) -> str:
+        from engine.runtime.heap import describe_peak_rss
+
         c = self.counts()
         t = self.throughput()
         lines = [f"batch: {c[DONE]} done, {c[SKIPPED]} skipped, {c[FAILED]} failed of {len(self.outcomes)} jobs "
                  f"in {self.wall_seconds:.1f} s ({self.startup_seconds:.1f} s start-up) on {self.workers} "
                  f"worker(s), {self.runner} | {self.frames} frames, {t['frames_per_second']:.2f} frames/s, "
-                 f"{t['jobs_per_hour']:.1f} jobs/hour"]
+                 f"{t['jobs_per_hour']:.1f} jobs/hour"
+                 + (f" | {describe_peak_rss(self.peak_rss_mib)} in this process" if self.peak_rss_mib else "")]
         for o in self.outcomes:
             if o.status == FAILED:
                 lines.append(f"  failed  line {o.line} ({o.id}) -> {o.output}: {o.error or 'error'}: {o.reason}")

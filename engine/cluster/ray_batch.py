@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from engine.cluster.batch import PendingJob, RunResult
+from engine.cluster.pending import PendingJob, RunResult
 from engine.cluster.options import ModelOptions
 from engine.cluster.outcome import FAILED, JobOutcome
 from engine.cluster.progress import BatchProgress

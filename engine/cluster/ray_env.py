@@ -81,3 +81,22 @@ def actor_layout(ray, *, num_gpus: float | None, num_cpus: float, requested: int
     if count > fit:
         log.warning("%d actors asked for, the cluster fits %d now; the rest wait for resources", count, fit)
     return count, per_actor
+
+
+# Phrases of Ray's actor-death messages that mean memory: its memory monitor's kill ("OutOfMemoryError", "memory
+# pressure", "OOM killer"), or an abort (exit 134, SIGABRT) that a failed allocation ends in.
+MEMORY_DEATH_MARKERS = ("outofmemoryerror", "out of memory", "memory pressure", "oom killer", "high memory usage")
+ABORT_MARKERS = ("exit code 134", "sigabrt", "std::bad_alloc")
+
+
+def actor_death_cause(exc: BaseException) -> str:
+    """A plain cause for a dead Ray actor (`RayActorError` and subclasses) from its message, for the log."""
+    text = str(exc).lower()
+    if any(marker in text for marker in MEMORY_DEATH_MARKERS):
+        return ("killed for memory (Ray's memory monitor or the kernel's OOM killer): each replica holds a model "
+                "and its sessions' buffers; use fewer --replicas or --max-sessions, more memory per node, or "
+                "--backend torch")
+    if any(marker in text for marker in ABORT_MARKERS):
+        return "aborted (exit 134, SIGABRT; often a failed memory allocation): see the replica's log under Ray's logs"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first[:200]}"

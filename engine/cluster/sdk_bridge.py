@@ -13,4 +13,5 @@ def submit_job(sync, job: BatchJob, progress=None):
     """Queue `job` on the loaded `sync`; returns its JobHandle (`result()`, `cancel()`, `done()`)."""
     s = job.settings
     return sync.submit(job.video, job.audio, job.output, config=s.sync_config(), face=s.face,
-                       strict_faces=s.strict_faces, crf=s.crf, length=s.length, progress=progress)
+                       strict_faces=s.strict_faces, crf=s.crf, length=s.length, progress=progress,
+                       output_audio=s.output_audio)

@@ -15,8 +15,8 @@ from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
 from ray import serve
 
-from engine.cluster.ray_env import actor_layout
-from engine.cluster.serving import ServeSpec
+from engine.cluster.ray_env import actor_death_cause, actor_layout
+from engine.cluster.serve_spec import ServeSpec
 from engine.errors import EngineError, InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,10 @@ class ReplicaPool:
         except asyncio.TimeoutError:
             replica.down = "starting" if not replica.status else "not answering"
         except ray.exceptions.RayActorError as exc:
-            replica.down = f"down: {type(exc).__name__}"
+            first = replica.down is None or "died" not in replica.down
+            replica.down = f"down: {type(exc).__name__}: died, {actor_death_cause(exc)}"
+            if first:  # one clear line per death, not one per health poll
+                log.error("%s %s", replica.name, replica.down)
 
     def pick(self) -> tuple[_Replica | None, str]:
         """(the ready replica with the most free sessions, "") or (None, the close reason)."""
@@ -142,8 +145,12 @@ async def pipe_session(ws: WebSocket, url: str, first: dict) -> None:
                 await upstream.send(_payload(message))
 
         async def replica_to_client() -> None:
+            # recv() in a loop, not `async for` (an async generator): cancelling this task when the client goes
+            # away then ends it at once, instead of a generator that Python finalises later and that logged
+            # "async generator ignored GeneratorExit" with a traceback
             try:
-                async for message in upstream:
+                while True:
+                    message = await upstream.recv()
                     if isinstance(message, bytes):
                         await ws.send_bytes(message)
                     else:
@@ -181,7 +188,10 @@ async def _close(ws: WebSocket, code: int, reason: str) -> None:
 app = FastAPI(title="latentsync-engine streaming on Ray")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000, health_check_period_s=10)
+# No access log: it wrote one INFO line per /ready or /live poll; sessions are logged by the replicas' servers,
+# failures by this ingress itself.
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000, health_check_period_s=10,
+                  logging_config={"enable_access_log": False})
 @serve.ingress(app)
 class StreamIngress:
     """HTTP health + the WebSocket session router in front of the replicas (one ingress replica holds the counts)."""

@@ -25,51 +25,15 @@ import logging
 import os
 import signal
 import threading
-from dataclasses import dataclass, field
 
 from engine.cli.signals import SIGNAL_EXIT_BASE
 from engine.cluster.options import ModelOptions
+from engine.cluster.serve_spec import ServeSpec  # noqa: F401 - re-exported: its home before serve_spec.py
 from engine.errors import InvalidInputError, expect
-from engine.pipeline.config import SyncConfig, resolve_config
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "lipsync-stream"
-
-
-@dataclass(frozen=True)
-class ServeSpec:
-    """Everything a replica needs to build its server, plus how many replicas and where they run."""
-
-    model: ModelOptions
-    videos: tuple[tuple[str, str], ...] = ()  # (name, face video path)
-    avatars: tuple[tuple[str, str], ...] = ()  # (name, prepared avatar folder)
-    sync: SyncConfig = field(default_factory=lambda: resolve_config("reference"))
-    replicas: int | None = None  # None: one per GPU (or per num_cpus CPUs)
-    num_gpus: float | None = None  # per replica; None: 1 where the cluster has GPUs, else 0
-    num_cpus: float = 1.0  # per replica
-    max_sessions: int = 2  # per replica
-    max_queued_seconds: float = 30.0
-    jpeg_quality: int = 90
-    replica_host: str | None = None  # where replicas listen for the ingress; None: their node's IP
-    max_restarts: int = 3  # times Ray restarts a dead replica
-    idle_timeout_s: float = 60.0  # engine serve --idle-timeout, per replica
-
-    def __post_init__(self) -> None:
-        names = [name for name, _ in self.videos + self.avatars]
-        expect(bool(names) and len(set(names)) == len(names), InvalidInputError, "sources",
-               "at least one, with unique names", names)
-        expect(self.replicas is None or self.replicas >= 1, InvalidInputError, "--replicas", ">= 1", self.replicas)
-        expect(self.max_sessions >= 1, InvalidInputError, "--max-sessions", ">= 1", self.max_sessions)
-        expect(self.num_cpus > 0, InvalidInputError, "--num-cpus", "> 0", self.num_cpus)
-
-    def load(self):
-        """In a replica: (loaded LipSync, {name: Avatar | video path}), as `engine serve` loads them."""
-        from engine.stream import Avatar
-
-        sources: dict = {name: Avatar(path) for name, path in self.avatars}
-        sources.update(dict(self.videos))
-        return self.model.load(), sources
 
 
 def add_ray_options(p: argparse.ArgumentParser) -> None:

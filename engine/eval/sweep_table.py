@@ -128,9 +128,9 @@ def to_markdown(data: dict) -> str:
 
 def plot_png(data: dict) -> bytes:
     """Quality vs speed: fidelity (PSNR) and sync (LSE-C, else StableSyncNet) against frames/s; frontier joined."""
-    import matplotlib
+    from engine.extras import import_optional
 
-    matplotlib.use("Agg")
+    import_optional("matplotlib", "plot", what="the sweep's plot (or --no-plot)").use("Agg")
     from matplotlib.figure import Figure
 
     rows = [r for r in data["rows"] if r["status"] == "ok" and r.get("frames_per_s")]

@@ -55,7 +55,10 @@ def fetch_checkpoint(spec: CheckpointSpec, *, cache_dir: str | Path | None = Non
     from engine.weights.fetch import checked_or_recorded, hub_sha256
     from engine.weights.files import hub_file
 
-    path = hub_file(spec.repo_id, spec.filename, offline=offline, cache_dir=cache_dir)
+    # the evaluator's networks: tiny-random (a pipeline model) does not replace them; engine.eval.inputs adds the
+    # options that do (a local copy, --no-syncnet, --random-weights)
+    path = hub_file(spec.repo_id, spec.filename, offline=offline, cache_dir=cache_dir,
+                    advice="a local copy of the file replaces the download")
     return checked_or_recorded(path, spec.sha256, what=spec.name,
                                second_opinion=lambda: hub_sha256(spec.repo_id, spec.filename, offline=offline))
 

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import struct
+from dataclasses import dataclass
 
 import av
 import numpy as np
@@ -164,3 +165,53 @@ def _trim_codec_padding(pcm: np.ndarray, declared_s: float, codec_frame: int, so
     if 0 < excess <= math.ceil((codec_frame + 1) * rate / source_rate):
         return pcm[:expected]
     return pcm
+
+
+# AAC's sampling rates (ISO 14496-3); a source at another rate is resampled to the nearest one above (48 kHz max)
+AAC_SAMPLE_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+MAX_OUTPUT_CHANNELS = 2  # more channels (5.1, 7.1) are downmixed to stereo by FFmpeg's matrix
+
+
+@dataclass(frozen=True)
+class SourceAudio:
+    """A speech file's own audio, for the output: float32 planar samples [C, S] at `sample_rate`."""
+
+    samples: np.ndarray  # [C, S] float32 in [-1, 1]
+    sample_rate: int
+
+    @property
+    def channels(self) -> int:
+        return int(self.samples.shape[0])
+
+    @property
+    def layout(self) -> str:
+        return "mono" if self.channels == 1 else "stereo"
+
+
+def load_source_audio(path: str | os.PathLike, *, seconds: float, limits: MediaLimits = MediaLimits()) -> SourceAudio:
+    """The first audio stream of `path` at its own rate and channels (up to stereo), trimmed or padded with
+    silence to exactly `seconds` (the output video's length): what the listener hears, where load_audio's
+    16 kHz mono is what the model hears. A rate AAC cannot carry goes to the next AAC rate (48 kHz at most)."""
+    info = probe(path, limits=limits, require_audio=True, decode_check=False)
+    a = info.audio
+    channels = min(max(a.channels, 1), MAX_OUTPUT_CHANNELS)
+    rate = a.sample_rate if a.sample_rate in AAC_SAMPLE_RATES else min(
+        [r for r in AAC_SAMPLE_RATES if a.sample_rate <= r <= 48000] or [48000])
+    options = _wav_options(info.path, a) if info.format == "wav" else {}
+    with open_input(path, limits=limits, options=options) as container:
+        stream = container.streams[a.index]
+        configure_decoder(stream, limits)
+        resampler = av.AudioResampler(format="fltp", layout="mono" if channels == 1 else "stereo", rate=rate)
+        chunks: list[np.ndarray] = []
+        for _, frame in iter_decoded(container, stream):
+            if frame.format.name in FLOAT_SAMPLE_FORMATS:
+                _check_finite(frame, path, stream)
+            chunks.extend(out.to_ndarray().reshape(channels, -1) for out in resampler.resample(frame))
+        chunks.extend(out.to_ndarray().reshape(channels, -1) for out in resampler.resample(None))
+    samples = np.concatenate(chunks, axis=1) if chunks else np.zeros((channels, 0), np.float32)  # [C, S]
+    target = max(1, round(seconds * rate))
+    if samples.shape[1] >= target:
+        samples = samples[:, :target]
+    else:  # speech shorter than the video: silence after it, so the track covers every frame
+        samples = np.pad(samples, ((0, 0), (0, target - samples.shape[1])))
+    return SourceAudio(np.ascontiguousarray(samples, dtype=np.float32), rate)

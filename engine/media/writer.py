@@ -5,7 +5,8 @@
   so decoding with iter_video_frames inverts it. yuv420p needs even sizes: an odd width or height is
   padded by repeating the last column or row (the file is then 1 px larger; `encoded_size` says so).
   `size=(w, h)` scales on encode instead of keeping the input resolution.
-- Audio: float32 mono samples, FFmpeg's native AAC encoder in 1024-sample frames with pts. The
+- Audio: float32 samples, mono [S] or planar [C, S] with C = 1 or 2 (the speech file's own channels, see
+  engine.media.audio.load_source_audio), FFmpeg's native AAC encoder in 1024-sample frames with pts. The
   encoder's priming delay is hidden by the MP4 edit list, and the movie timescale is set to the
   sample rate so the declared audio duration is exactly len(samples) / sample_rate. Audio is
   interleaved with video as frames arrive; audio is never cut to the video length (no -shortest).
@@ -35,7 +36,8 @@ from engine.media.video import as_rate, iter_video_frames
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
                 "placebo")
 AAC_FRAME_SAMPLES = 1024  # samples per AAC frame
-AAC_BIT_RATE = 96_000  # bit/s for the mono track
+AAC_BIT_RATE = 96_000  # bit/s per channel
+AUDIO_LAYOUTS = {1: "mono", 2: "stereo"}
 MAX_CRF = 51
 
 
@@ -63,6 +65,15 @@ def _discard(container, tmp: Path) -> None:
 def _output_dir(path: str | os.PathLike) -> Path:
     """The checked target (directory exists and is writable, not a directory); stale .partial files removed."""
     return check_output(path, suffixes=None)
+
+
+def _check_track(samples: np.ndarray, what: str) -> np.ndarray:
+    """Mono [S] or planar [C, S] float samples -> contiguous float32 [C, S] (C in AUDIO_LAYOUTS)."""
+    if isinstance(samples, np.ndarray) and samples.ndim == 2:
+        expect(samples.shape[0] in AUDIO_LAYOUTS, InvalidInputError, f"{what} channels",
+               f"one of {sorted(AUDIO_LAYOUTS)} ([C, S] planar)", samples.shape[0])
+        return np.stack([_check_samples(c, what) for c in samples])
+    return _check_samples(samples, what)[None, :]
 
 
 def _check_samples(samples: np.ndarray, what: str) -> np.ndarray:
@@ -104,9 +115,10 @@ class VideoWriter:
         out_w, out_h = size or (width, height)
         self.encoded_size = (out_w + out_w % 2, out_h + out_h % 2)  # yuv420p needs even sizes
         self._pad_odd = size is None and bool(width % 2 or height % 2)  # else the scaler reaches encoded_size
-        self._pending = np.zeros(0, np.float32) if audio is None else _check_samples(audio, "audio")
+        self._pending = np.zeros((1, 0), np.float32) if audio is None else _check_track(audio, "audio")  # [C, n]
         expect(audio is None or self._pending.size > 0, InvalidInputError, "audio", "at least one sample or None",
                "an empty array")
+        self.audio_layout = AUDIO_LAYOUTS[self._pending.shape[0]]
         self._streaming_audio = audio is None and with_audio
         self._audio_pts = 0
         self.frames_written = 0
@@ -132,8 +144,8 @@ class VideoWriter:
             self._audio = None
             if has_audio:
                 self._audio = self._container.add_stream("aac", rate=sample_rate)
-                self._audio.layout = "mono"
-                self._audio.bit_rate = AAC_BIT_RATE
+                self._audio.layout = self.audio_layout
+                self._audio.bit_rate = AAC_BIT_RATE * self._pending.shape[0]
             self._container.start_encoding()  # opens the encoders and creates the temporary file now
         except (av.FFmpegError, ValueError) as e:
             self.abort()
@@ -169,22 +181,23 @@ class VideoWriter:
         self._check_open()
         expect(self._streaming_audio, InvalidInputError, "write_audio", "a writer made with with_audio=True and "
                "audio=None", "a writer without a streamed audio track")
-        self._pending = np.concatenate([self._pending, _check_samples(samples, "audio")])
+        self._pending = np.concatenate([self._pending, _check_samples(samples, "audio")[None, :]], axis=1)
         self._encode_audio(until=None)
 
     def _encode_audio(self, until: int | None, final: bool = False) -> None:
         """Encode whole AAC frames of pending audio starting before `until` (all when None); the tail if final."""
         if self._audio is None:
             return
-        while self._pending.size >= AAC_FRAME_SAMPLES or (final and self._pending.size):
+        while self._pending.shape[1] >= AAC_FRAME_SAMPLES or (final and self._pending.shape[1]):
             if until is not None and self._audio_pts >= until:
                 return
-            chunk, self._pending = self._pending[:AAC_FRAME_SAMPLES], self._pending[AAC_FRAME_SAMPLES:]
-            frame = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")  # [1, n]
+            chunk = np.ascontiguousarray(self._pending[:, :AAC_FRAME_SAMPLES])  # [C, n]
+            self._pending = self._pending[:, AAC_FRAME_SAMPLES:]
+            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=self.audio_layout)
             frame.sample_rate = self.sample_rate
             frame.pts = self._audio_pts
             frame.time_base = Fraction(1, self.sample_rate)
-            self._audio_pts += chunk.size
+            self._audio_pts += chunk.shape[1]
             self._mux(self._audio.encode(frame))
 
     def _mux(self, packets) -> None:

@@ -16,6 +16,17 @@ LENGTH_POLICIES = ("audio", "official")
 DEFAULT_LENGTH = "audio"
 
 
+# Output audio: "source" = the speech file's own audio (its rate and channels, trimmed or padded to the video),
+# "model" = the 16 kHz mono signal the model hears (the only choice when the speech was given as samples).
+OUTPUT_AUDIO = ("source", "model")
+DEFAULT_OUTPUT_AUDIO = "source"
+
+
+def check_output_audio(output_audio: str, what: str = "output_audio") -> None:
+    """InvalidInputError unless `output_audio` is one of OUTPUT_AUDIO."""
+    expect(output_audio in OUTPUT_AUDIO, InvalidInputError, what, f"one of {OUTPUT_AUDIO}", repr(output_audio))
+
+
 def check_length(length: str, what: str = "length") -> None:
     """InvalidInputError unless `length` is a known output-length policy (the one check every front end calls)."""
     expect(length in LENGTH_POLICIES, InvalidInputError, what, f"one of {LENGTH_POLICIES}", repr(length))

@@ -32,7 +32,7 @@ import torch
 from engine.constants import SAMPLES_PER_FRAME
 from engine.errors import InvalidInputError
 from engine.pipeline.config import SyncConfig, output_frame_count
-from engine.pipeline.heap import trim_heap
+from engine.runtime.heap import trim_heap
 from engine.pipeline.source import SourceCursor, SourceItem
 
 log = logging.getLogger(__name__)
@@ -191,8 +191,8 @@ class LipSyncCore:
         return vae_posterior_on_device(self.engine, pixels)
 
     def warm_up(self, configs: Iterable[SyncConfig] | None = None, **kwargs) -> dict:
-        """Run every shape `configs` will use once (see engine.runtime.warmup.warm_up); sets `engine.ready`."""
-        from engine.runtime.warmup import warm_up
+        """Run every shape `configs` will use once (see engine.pipeline.warmup.warm_up); sets `engine.ready`."""
+        from engine.pipeline.warmup import warm_up
 
         return warm_up(self, configs, **kwargs)
 

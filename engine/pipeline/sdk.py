@@ -14,7 +14,14 @@ import numpy as np
 
 from engine.constants import FPS, SAMPLE_RATE
 from engine.errors import InvalidInputError, NoFaceError, expect
-from engine.pipeline.config import DEFAULT_LENGTH, SyncConfig, check_length, resolve_config
+from engine.pipeline.config import (
+    DEFAULT_LENGTH,
+    DEFAULT_OUTPUT_AUDIO,
+    SyncConfig,
+    check_length,
+    check_output_audio,
+    resolve_config,
+)
 from engine.pipeline.core import AudioPlan, LipSyncCore, OutputFrame, StageTimer
 from engine.pipeline.device import Placement, choose_placement
 from engine.pipeline.faces import make_landmark_source, needs_detector
@@ -50,7 +57,7 @@ class SyncResult:
     num_frames: int  # output frames (the speech's length, or the official count: see `length`)
     num_source_frames: int  # distinct input frames used
     fps: int
-    audio_samples: int  # samples muxed with the output
+    audio_samples: int  # samples (per channel) muxed with the output
     no_face_ranges: list[tuple[int, int]]  # output frame ranges passed through unchanged
     timings: dict[str, float]  # seconds per stage
     wall_seconds: float
@@ -60,6 +67,9 @@ class SyncResult:
     length: str = DEFAULT_LENGTH  # output length policy ("audio" or "official")
     backends: dict[str, str] = field(default_factory=dict)  # network group -> backend that ran it
     engine_settings: dict = field(default_factory=dict)  # device options and artifacts in effect (Runners.settings)
+    output_audio: str = DEFAULT_OUTPUT_AUDIO  # what was muxed: "source" (the speech file's audio) or "model" (16 kHz)
+    audio_sample_rate: int = SAMPLE_RATE  # of the muxed track
+    audio_channels: int = 1
 
     @property
     def frames_per_second(self) -> float:
@@ -170,26 +180,32 @@ class LipSync:
         progress: Callable[[int, int], None] | None = None,
         length: str = DEFAULT_LENGTH,
         encode_preset: str = DEFAULT_ENCODE_PRESET,
+        output_audio: str = DEFAULT_OUTPUT_AUDIO,
     ) -> SyncResult:
         """Lip-sync `video` (path, [T,H,W,3] uint8 array or iterable of frames) to `audio`
         (path or float32 16 kHz mono array). Writes `output` (mp4) if given, else returns frames.
         `length`: "audio" (default: the output is as long as the speech, within one frame) or
         "official" (N//2 + 2 frames, two more than the speech, as the official pipeline). `encode_preset`: the x264
         preset of the output (default "medium", the quality default; "veryfast"/"ultrafast" for throughput and live
-        serving: see docs/system-benchmark.md for the size/quality trade-off measured on the demo clips)."""
+        serving: see docs/system-benchmark.md for the size/quality trade-off measured on the demo clips).
+        `output_audio`: "source" (default: the output's audio is the speech file's own, at its sample rate and
+        channels, trimmed or padded to the video) or "model" (the 16 kHz mono signal the model hears)."""
         config = resolve_config(
             preset, steps=steps, guidance_scale=guidance, seed=seed,
             deepcache_interval=deepcache if deepcache else None, deepcache_off=deepcache == 0,
         )
         return self.run(video, audio, output, config=config, face=face, strict_faces=strict_faces,
-                        crf=crf, progress=progress, length=length, encode_preset=encode_preset)
+                        crf=crf, progress=progress, length=length, encode_preset=encode_preset,
+                        output_audio=output_audio)
 
     def run(self, video, audio, output=None, *, config: SyncConfig, face: str | None = None,
             strict_faces: bool = False, crf: int = 18, progress=None, length: str = DEFAULT_LENGTH,
-            encode_preset: str = DEFAULT_ENCODE_PRESET) -> SyncResult:
+            encode_preset: str = DEFAULT_ENCODE_PRESET, output_audio: str = DEFAULT_OUTPUT_AUDIO,
+            audio_file=None) -> SyncResult:
         """One job, submitted and waited for (see `submit`)."""
         handle = self.submit(video, audio, output, config=config, face=face, strict_faces=strict_faces, crf=crf,
-                             progress=progress, length=length, encode_preset=encode_preset)
+                             progress=progress, length=length, encode_preset=encode_preset,
+                             output_audio=output_audio, audio_file=audio_file)
         try:
             # Wake up now and then: a signal that lands on another thread (Ctrl-C, SIGTERM) only raises in this,
             # the main thread, when it runs Python code, not while it blocks on a lock.
@@ -207,22 +223,26 @@ class LipSync:
 
     def submit(self, video, audio, output=None, *, config: SyncConfig | None = None, face=None,
                strict_faces: bool = False, crf: int = 18, progress=None, length: str = DEFAULT_LENGTH,
-               deadline: float | None = None, encode_preset: str = DEFAULT_ENCODE_PRESET):
+               deadline: float | None = None, encode_preset: str = DEFAULT_ENCODE_PRESET,
+               output_audio: str = DEFAULT_OUTPUT_AUDIO, audio_file=None):
         """Queue one job and return its `JobHandle` (`result(timeout)`, `cancel()`, `done()`) at once.
 
         The job's stages run on their own threads (prepare: decode, faces, alignment, masks; finish:
         restore, encode); `progress(done, total)` is called from the finish thread. `deadline`
         (a `time.monotonic()` time): a job not started by then fails with DeadlineExceededError, and
         its chunks still queued then are dropped. Raises QueueFullError at once when the job queue
-        is full (EnginePolicy.max_queued_jobs).
+        is full (EnginePolicy.max_queued_jobs). `output_audio` as in `__call__`; `audio_file`: the file `audio`
+        was decoded from when `audio` is samples (its own audio then goes into the output, as for a path).
         """
         config = config if config is not None else resolve_config("reference")
         check_length(length)
         check_encode_preset(encode_preset)
+        check_output_audio(output_audio)
+        source_file = audio if isinstance(audio, (str, Path)) else audio_file
         audio, output = checked_inputs(video, audio, output)  # typed errors now, before any work is queued
         stages = _SyncJob(self, video, audio, output, config=config, face=face if face is not None else self.face,
                           strict_faces=strict_faces, crf=crf, progress=progress, length=length, deadline=deadline,
-                          encode_preset=encode_preset)
+                          encode_preset=encode_preset, output_audio=output_audio, source_file=source_file)
         return self._jobs.submit(stages, key=stages.key, deadline=deadline)
 
     def warm_up(self, configs=None, **kwargs) -> dict:
@@ -285,10 +305,14 @@ class LipSync:
         return checked_frames(video), None, None, False
 
     def _open_writer(self, path: Path, first: np.ndarray, plan: AudioPlan, crf: int,
-                     encode_preset: str = DEFAULT_ENCODE_PRESET):
+                     encode_preset: str = DEFAULT_ENCODE_PRESET, track=None):
+        """The output's writer: audio from `track` (engine.media.audio.SourceAudio) or the model's 16 kHz mono."""
         from engine.media import VideoWriter
 
         h, w = first.shape[:2]
+        if track is not None:
+            return VideoWriter(path, w, h, fps=FPS, crf=crf, audio=track.samples, sample_rate=track.sample_rate,
+                               preset=encode_preset)
         return VideoWriter(path, w, h, fps=FPS, crf=crf, audio=plan.trimmed_audio, sample_rate=SAMPLE_RATE,
                            preset=encode_preset)
 
@@ -364,11 +388,15 @@ class _SyncJob:
 
     def __init__(self, sync: LipSync, video, audio, output, *, config: SyncConfig, face, strict_faces: bool,
                  crf: int, progress, length: str, deadline: float | None,
-                 encode_preset: str = DEFAULT_ENCODE_PRESET) -> None:
+                 encode_preset: str = DEFAULT_ENCODE_PRESET, output_audio: str = DEFAULT_OUTPUT_AUDIO,
+                 source_file=None) -> None:
         self.sync, self.video, self.audio, self.config = sync, video, audio, config
         self.encode_preset = encode_preset
         self.face, self.strict_faces, self.crf, self.progress = face, strict_faces, crf, progress
         self.length, self.deadline = length, deadline
+        # the speech file's own audio goes into the output unless asked otherwise or only samples were given
+        self.source_file = source_file if output_audio == "source" else None
+        self.track = None  # engine.media.audio.SourceAudio, loaded in prepare
         self.out_path = Path(output) if output is not None else None
         self.timer = StageTimer(profile=sync.policy.profile)
         self.key = object()  # the job's key in the engine core's queue
@@ -385,6 +413,11 @@ class _SyncJob:
         frames, _, estimate, exact = sync._open_video_counted(self.video)
         with timer.measure("audio_features"):
             self.plan = sync.core.plan_audio(samples, length=self.length)
+        if self.source_file is not None and self.out_path is not None:
+            from engine.media.audio import load_source_audio
+
+            with timer.measure("load_audio"):  # what the listener hears: the file's rate and channels
+                self.track = load_source_audio(self.source_file, seconds=self.plan.num_frames / FPS)
         detector = None
         if needs_detector(self.face):
             self._lease = sync._detectors.lease(self.face)
@@ -411,7 +444,8 @@ class _SyncJob:
                     sources.add(item.source_index)
                     if out_path is not None:
                         if writer is None:
-                            writer = sync._open_writer(out_path, item.rgb, self.plan, self.crf, self.encode_preset)
+                            writer = sync._open_writer(out_path, item.rgb, self.plan, self.crf, self.encode_preset,
+                                                       self.track)
                         with timer.measure("encode"):
                             writer.write(item.rgb)
                     else:
@@ -436,12 +470,16 @@ class _SyncJob:
             model=getattr(sync.models, "name", "?"), resolution=sync.models.resolution,
             device=str(sync.placement.device), dtype=sync.placement.dtype_name, config=self.config,
             num_frames=produced, num_source_frames=len(sources), fps=FPS,
-            audio_samples=int(plan.trimmed_audio.size), no_face_ranges=frame_ranges(no_face),
+            audio_samples=int(self.track.samples.shape[1] if self.track is not None else plan.trimmed_audio.size),
+            no_face_ranges=frame_ranges(no_face),
             timings=timer.as_dict(), wall_seconds=time.perf_counter() - self.t0,
             output_path=str(out_path) if out_path is not None else None,
             frames=np.stack(collected) if collected else None,
             audio=plan.trimmed_audio if out_path is None else None, length=self.length,
             backends=dict(sync.core.runners.choice), engine_settings=dict(sync.core.runners.settings),
+            output_audio="source" if self.track is not None else "model",
+            audio_sample_rate=self.track.sample_rate if self.track is not None else SAMPLE_RATE,
+            audio_channels=self.track.channels if self.track is not None else 1,
         )
 
     def _why_no_face(self) -> str:

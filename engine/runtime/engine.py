@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.errors import DeadlineExceededError, EngineError, GpuOutOfMemoryError, QueueFullError
-from engine.pipeline.heap import trim_heap
+from engine.runtime.heap import trim_heap
 from engine.runtime.batcher import Batcher
 from engine.runtime.device_step import ChunkCancelled, run_batch
 from engine.runtime.policy import EnginePolicy
@@ -86,7 +86,7 @@ class EngineCore:
         self.device = torch.device(device)
         self._loop = _DeviceLoop(runners, self.device, self.policy, fp32_decoder)
         self._finalizer = weakref.finalize(self, self._loop.stop)
-        self.ready = False  # set once warm-up has run (see engine.runtime.warmup)
+        self.ready = False  # set once warm-up has run (see engine.pipeline.warmup)
 
     def submit(self, work: ChunkWork, *, job: Hashable, deadline: float | None = None,
                block: bool = False, cancelled: Callable[[], bool] | None = None) -> Future:

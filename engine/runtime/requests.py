@@ -6,12 +6,15 @@ import time
 from collections.abc import Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from engine.errors import InvalidInputError, expect
-from engine.pipeline.config import SyncConfig
+
+if TYPE_CHECKING:  # a type only: the runtime does not import the pipeline (which imports the runtime)
+    from engine.pipeline.config import SyncConfig
 
 Posterior = tuple[Tensor, Tensor, Tensor, Tensor]  # (masked mean, masked std, ref mean, ref std), each [f,4,h,w]
 

@@ -20,7 +20,7 @@ import torch
 from engine.constants import FPS
 from engine.errors import DeadlineExceededError, QueueFullError
 from engine.pipeline.core import OutputFrame, StageTimer
-from engine.pipeline.heap import trim_heap
+from engine.runtime.heap import trim_heap
 from engine.pipeline.source import Cursor, SourceItem
 from engine.stream.config import StreamConfig
 from engine.stream.live_features import LiveFeatures

@@ -178,8 +178,9 @@ class LipSyncServer:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> int:
         """Listen, then load and warm up in the background; returns the bound port."""
-        from websockets.asyncio.server import serve
+        from engine.extras import import_optional
 
+        serve = import_optional("websockets.asyncio.server", "serve").serve
         self._server = await serve(self._handle, self.config.host, self.config.port,
                                    process_request=self._process_request, max_size=self.config.max_message_bytes,
                                    logger=_LifecycleAtDebug(logging.getLogger("websockets.server"), {}))
@@ -234,7 +235,9 @@ class LipSyncServer:
             for signum in signals:
                 loop.remove_signal_handler(signum)
             await self.stop()
-        log.info("stopped")
+        from engine.runtime.heap import describe_peak_rss, peak_rss_mib
+
+        log.info("stopped after %d sessions | %s", self.sessions_served, describe_peak_rss(peak_rss_mib()))
         return received[0]
 
     def set_status(self, reason: str) -> None:

@@ -154,11 +154,12 @@ def quiet_hub_logging() -> None:
 
 
 def hub_file(repo: str, filename: str, *, revision: str | None = None, offline: bool = False,
-             cache_dir: str | os.PathLike | None = None) -> Path:
+             cache_dir: str | os.PathLike | None = None, advice: str = NO_HUB_ADVICE) -> Path:
     """Path of `filename` of hub repo `repo` in the Hugging Face cache, downloading it unless offline.
 
     Offline: the cache only, no socket. Online with an unreachable hub: the cached copy when there is
-    one, else a DownloadError at once that says what to do instead (a local folder, tiny-random).
+    one, else a DownloadError at once that says what to do instead (`advice`: a local folder, tiny-random for the
+    pipeline's models; callers whose files tiny-random does not replace pass their own).
     """
     import huggingface_hub.utils.logging  # noqa: F401 - installs the library handler before we remove it
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
@@ -176,7 +177,7 @@ def hub_file(repo: str, filename: str, *, revision: str | None = None, offline: 
         found = try_to_load_from_cache(repo, filename, cache_dir=cache_dir, revision=revision)
         if isinstance(found, str) and Path(found).is_file():
             return Path(found)
-        raise DownloadError(f"{where}: expected it in {cache} because {why}, found nothing; {NO_HUB_ADVICE}, "
+        raise DownloadError(f"{where}: expected it in {cache} because {why}, found nothing; {advice}, "
                             "or download it once online")
 
     if off:
@@ -189,11 +190,11 @@ def hub_file(repo: str, filename: str, *, revision: str | None = None, offline: 
         return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir))
     except LocalEntryNotFoundError as exc:
         raise DownloadError(f"{where}: expected it in {cache} because the hub could not be reached, found nothing; "
-                            f"{NO_HUB_ADVICE}") from exc
+                            f"{advice}") from exc
     except (RepositoryNotFoundError, EntryNotFoundError) as exc:
         raise DownloadError(f"{where}: expected a file on the hub, found none ({exc})") from exc
     except HfHubHTTPError as exc:
-        raise DownloadError(f"{where}: download failed ({exc}); {NO_HUB_ADVICE}") from exc
+        raise DownloadError(f"{where}: download failed ({exc}); {advice}") from exc
 
 
 def hub_sha256(repo: str, filename: str, *, offline: bool = False) -> str | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engine.errors import BackendUnavailableError, CheckpointError
+from engine.errors import CheckpointError
 from engine.face.detection import models
 from engine.face.detection.base import (
     INSIGHTFACE_106_GROUPS,
@@ -142,11 +142,9 @@ class InsightFaceSource:
     def __init__(self, *, detector_path: str | Path | None = None, landmark_path: str | Path | None = None,
                  thresholds: FaceThresholds = FaceThresholds(), det_size: tuple[int, int] = DET_SIZE,
                  providers: list[str] | None = None, offline: bool = False) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise BackendUnavailableError(
-                f"insightface face source: expected onnxruntime, found {type(exc).__name__}: {exc}") from exc
+        from engine.extras import import_optional
+
+        ort = import_optional("onnxruntime", "cpu", what="insightface face source")
         detector_path = detector_path or models.ensure(models.INSIGHTFACE_DETECTOR, models.INSIGHTFACE_PACK,
                                                        offline=offline)
         landmark_path = landmark_path or models.ensure(models.INSIGHTFACE_LANDMARK, models.INSIGHTFACE_PACK,
