@@ -15,28 +15,11 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from engine.cluster.manifest import FACE_NAMES, BatchJob
+from engine.cluster.manifest import FACE_NAMES, SIDECAR_SUFFIX, BatchJob, sidecar_path  # noqa: F401 - re-exported
 from engine.cluster.options import ModelOptions
 
-SIDECAR_SUFFIX = ".job.json"
 FORMAT = "latentsync-engine batch job v1"
 FILE_MODE = 0o644  # records sit beside outputs, often on shared storage: readable like them
-
-
-def sidecar_path(output: str | os.PathLike) -> Path:
-    """`<output>.job.json`; for an output name too long for that (NAME_MAX), `<name cut>~<hash>.job.json`:
-    deterministic, so a re-run finds it again."""
-    import hashlib
-
-    from engine.media.paths import fit_name, name_bytes, name_limits
-
-    out = Path(output)
-    name = out.name + SIDECAR_SUFFIX
-    name_max = name_limits(out.parent)[0]
-    if name_bytes(name) <= name_max:
-        return out.with_name(name)
-    tag = "~" + hashlib.sha1(os.fsencode(out.name)).hexdigest()[:12] + SIDECAR_SUFFIX
-    return out.with_name(fit_name(out.name, name_max - name_bytes(tag)) + tag)
 
 
 class ContentHashes:

@@ -32,6 +32,8 @@ from engine.pipeline.config import (
     resolve_config,
 )
 
+SIDECAR_SUFFIX = ".job.json"  # a job's record beside its output (engine.cluster.fingerprint)
+
 PATH_KEYS = ("video", "audio", "output")
 INT_SETTINGS = ("steps", "deepcache", "seed", "crf")
 SETTING_KEYS = ("preset", "steps", "guidance", "deepcache", "seed", "face", "strict_faces", "crf", "length",
@@ -328,7 +330,6 @@ def _validate_line(number: int, record: dict, defaults: JobSettings, base: Path,
 def _check_across_lines(manifest: Path, jobs: list[BatchJob], problems: _Problems, report: Path | None) -> None:
     """The write-plan rule (engine.media.paths.check_write_plan) over the whole batch: no output, job record or
     report may be an input of any line or the manifest (same path, symlink, hard link), nor another output."""
-    from engine.cluster.fingerprint import sidecar_path
     from engine.media.paths import PathRole, write_conflicts
 
     inputs = [PathRole("manifest", manifest)]
@@ -355,3 +356,19 @@ def _check_across_lines(manifest: Path, jobs: list[BatchJob], problems: _Problem
             problems.add(out.line, conflict.message())
     if report_conflicts:
         raise InvalidInputError("; ".join(report_conflicts) + "; nothing was run")
+
+
+def sidecar_path(output: str | os.PathLike) -> Path:
+    """`<output>.job.json`; for an output name too long for that (NAME_MAX), `<name cut>~<hash>.job.json`:
+    deterministic, so a re-run finds it again."""
+    import hashlib
+
+    from engine.media.paths import fit_name, name_bytes, name_limits
+
+    out = Path(output)
+    name = out.name + SIDECAR_SUFFIX
+    name_max = name_limits(out.parent)[0]
+    if name_bytes(name) <= name_max:
+        return out.with_name(name)
+    tag = "~" + hashlib.sha1(os.fsencode(out.name)).hexdigest()[:12] + SIDECAR_SUFFIX
+    return out.with_name(fit_name(out.name, name_max - name_bytes(tag)) + tag)
