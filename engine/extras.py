@@ -42,6 +42,9 @@ EXTRAS: dict[str, Extra] = {
               distributions=("pipecat-ai",)),
         Extra("livekit", ("livekit",), "the LiveKit Agents avatar (engine avatar-worker)",
               distributions=("livekit-agents",)),
+        Extra("gpu-video", ("torchcodec", "PyNvVideoCodec"),
+              "GPU video I/O: NVDEC decode and NVENC encode (engine run --video-io gpu)",
+              distributions=("torchcodec", "pynvvideocodec")),
     )
 }
 

@@ -19,6 +19,9 @@ def register(subparsers) -> None:
     p.add_argument("--encode-preset", default="medium",
                    help="x264 preset (default medium; veryfast/ultrafast encode 1080p several times faster at a "
                         "larger file, see docs/system-benchmark.md)")
+    p.add_argument("--video-io", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="video decode/encode: cpu = PyAV; gpu = NVDEC decode + NVENC encode (needs the [gpu-video] "
+                        "extra and a CUDA device); auto (default) = gpu only when both are present")
     add_length_option(p)
     add_output_audio_option(p)
     p.add_argument("--report", help="write a JSON report (timings per stage, frame counts, no-face ranges)")
@@ -43,11 +46,15 @@ def _run(args: argparse.Namespace) -> int:
     from engine.pipeline.sdk import check_encode_preset
 
     check_encode_preset(args.encode_preset)
+    from engine.media.gpu_video import resolve_video_io
+
+    video_io = resolve_video_io(args.video_io, args.device)  # no [gpu-video] or no CUDA: typed error, no model load
     sync = load_sync(args)
     with progress_bar(desc="lip-sync", unit="frame", enabled=not args.no_progress) as bar:
         result = sync.run(args.video, checked.samples, str(checked.output), config=config,
                           strict_faces=args.strict_faces, crf=args.crf, progress=bar.callback, length=args.length,
-                          encode_preset=args.encode_preset, output_audio=args.output_audio, audio_file=args.audio)
+                          encode_preset=args.encode_preset, output_audio=args.output_audio, audio_file=args.audio,
+                          video_io=video_io)
     if args.report:
         write_report(result, args.report)
     print(result.summary())

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 # x264 preset of offline outputs: quality first by default; throughput runs and live serving pick a faster one
 # (benchmarks/encode_presets.py measures encode ms/frame, bytes/s and PSNR per preset on the demo clips).
 DEFAULT_ENCODE_PRESET = "medium"
+DEFAULT_VIDEO_IO = "auto"  # engine.media.gpu_video.resolve_video_io: gpu only with [gpu-video] and a CUDA device
 CANCEL_WAIT_S = 30.0  # how long an interrupted call waits for its job to clean up (one device batch at most)
 SIGNAL_POLL_S = 0.1  # how often a waiting call lets pending signal handlers run
 
@@ -70,6 +71,7 @@ class SyncResult:
     output_audio: str = DEFAULT_OUTPUT_AUDIO  # what was muxed: "source" (the speech file's audio) or "model" (16 kHz)
     audio_sample_rate: int = SAMPLE_RATE  # of the muxed track
     audio_channels: int = 1
+    video_io: str = "cpu"  # who decoded and encoded the video: "cpu" (PyAV) or "gpu" (NVDEC / NVENC)
 
     @property
     def frames_per_second(self) -> float:
@@ -181,6 +183,7 @@ class LipSync:
         length: str = DEFAULT_LENGTH,
         encode_preset: str = DEFAULT_ENCODE_PRESET,
         output_audio: str = DEFAULT_OUTPUT_AUDIO,
+        video_io: str = DEFAULT_VIDEO_IO,
     ) -> SyncResult:
         """Lip-sync `video` (path, [T,H,W,3] uint8 array or iterable of frames) to `audio`
         (path or float32 16 kHz mono array). Writes `output` (mp4) if given, else returns frames.
@@ -189,23 +192,25 @@ class LipSync:
         preset of the output (default "medium", the quality default; "veryfast"/"ultrafast" for throughput and live
         serving: see docs/system-benchmark.md for the size/quality trade-off measured on the demo clips).
         `output_audio`: "source" (default: the output's audio is the speech file's own, at its sample rate and
-        channels, trimmed or padded to the video) or "model" (the 16 kHz mono signal the model hears)."""
+        channels, trimmed or padded to the video) or "model" (the 16 kHz mono signal the model hears).
+        `video_io`: "auto" (default: gpu only when the [gpu-video] extra and a CUDA device are present), "cpu"
+        (PyAV) or "gpu" (NVDEC decode, NVENC encode; a typed error without them)."""
         config = resolve_config(
             preset, steps=steps, guidance_scale=guidance, seed=seed,
             deepcache_interval=deepcache if deepcache else None, deepcache_off=deepcache == 0,
         )
         return self.run(video, audio, output, config=config, face=face, strict_faces=strict_faces,
                         crf=crf, progress=progress, length=length, encode_preset=encode_preset,
-                        output_audio=output_audio)
+                        output_audio=output_audio, video_io=video_io)
 
     def run(self, video, audio, output=None, *, config: SyncConfig, face: str | None = None,
             strict_faces: bool = False, crf: int = 18, progress=None, length: str = DEFAULT_LENGTH,
             encode_preset: str = DEFAULT_ENCODE_PRESET, output_audio: str = DEFAULT_OUTPUT_AUDIO,
-            audio_file=None) -> SyncResult:
+            audio_file=None, video_io: str = DEFAULT_VIDEO_IO) -> SyncResult:
         """One job, submitted and waited for (see `submit`)."""
         handle = self.submit(video, audio, output, config=config, face=face, strict_faces=strict_faces, crf=crf,
                              progress=progress, length=length, encode_preset=encode_preset,
-                             output_audio=output_audio, audio_file=audio_file)
+                             output_audio=output_audio, audio_file=audio_file, video_io=video_io)
         try:
             # Wake up now and then: a signal that lands on another thread (Ctrl-C, SIGTERM) only raises in this,
             # the main thread, when it runs Python code, not while it blocks on a lock.
@@ -224,7 +229,7 @@ class LipSync:
     def submit(self, video, audio, output=None, *, config: SyncConfig | None = None, face=None,
                strict_faces: bool = False, crf: int = 18, progress=None, length: str = DEFAULT_LENGTH,
                deadline: float | None = None, encode_preset: str = DEFAULT_ENCODE_PRESET,
-               output_audio: str = DEFAULT_OUTPUT_AUDIO, audio_file=None):
+               output_audio: str = DEFAULT_OUTPUT_AUDIO, audio_file=None, video_io: str = DEFAULT_VIDEO_IO):
         """Queue one job and return its `JobHandle` (`result(timeout)`, `cancel()`, `done()`) at once.
 
         The job's stages run on their own threads (prepare: decode, faces, alignment, masks; finish:
@@ -238,11 +243,15 @@ class LipSync:
         check_length(length)
         check_encode_preset(encode_preset)
         check_output_audio(output_audio)
+        from engine.media.gpu_video import resolve_video_io
+
+        video_io = resolve_video_io(video_io, self.placement.device)  # typed error now, before the job is queued
         source_file = audio if isinstance(audio, (str, Path)) else audio_file
         audio, output = checked_inputs(video, audio, output)  # typed errors now, before any work is queued
         stages = _SyncJob(self, video, audio, output, config=config, face=face if face is not None else self.face,
                           strict_faces=strict_faces, crf=crf, progress=progress, length=length, deadline=deadline,
-                          encode_preset=encode_preset, output_audio=output_audio, source_file=source_file)
+                          encode_preset=encode_preset, output_audio=output_audio, source_file=source_file,
+                          video_io=video_io)
         return self._jobs.submit(stages, key=stages.key, deadline=deadline)
 
     def warm_up(self, configs=None, **kwargs) -> dict:
@@ -283,7 +292,7 @@ class LipSync:
         """-> (frames, (H, W) or None, frame count estimate or None)."""
         return self._open_video_counted(video)[:3]
 
-    def _open_video_counted(self, video):
+    def _open_video_counted(self, video, video_io: str = "cpu"):
         """-> (frames, (H, W) or None, frame count or None, whether the count is exact).
 
         Files are probed before any model work. A 25 fps file's frames are counted
@@ -297,7 +306,13 @@ class LipSync:
             v = info.video
             exact = abs(v.fps - FPS) < 1e-3
             count = count_source_frames(video) if exact else estimate_frame_count(v)
-            return (f.rgb for f in iter_video_frames(video, fps=FPS)), (v.height, v.width), count, exact
+            if video_io == "gpu":
+                from engine.media.gpu_video import iter_gpu_video_frames
+
+                frames = iter_gpu_video_frames(video, fps=FPS, device=_cuda_name(self.placement.device))
+            else:
+                frames = iter_video_frames(video, fps=FPS)
+            return (f.rgb for f in frames), (v.height, v.width), count, exact
         if isinstance(video, np.ndarray):
             if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
                 raise InvalidInputError(f"video: expected uint8 frames [T,H,W,3], found {video.dtype} {video.shape}")
@@ -305,16 +320,28 @@ class LipSync:
         return checked_frames(video), None, None, False
 
     def _open_writer(self, path: Path, first: np.ndarray, plan: AudioPlan, crf: int,
-                     encode_preset: str = DEFAULT_ENCODE_PRESET, track=None):
+                     encode_preset: str = DEFAULT_ENCODE_PRESET, track=None, video_io: str = "cpu"):
         """The output's writer: audio from `track` (engine.media.audio.SourceAudio) or the model's 16 kHz mono."""
         from engine.media import VideoWriter
 
         h, w = first.shape[:2]
+        if video_io == "gpu":  # NVENC (crf and the x264 preset do not apply), same mux, audio and atomic rename
+            from engine.media.gpu_video import GpuVideoWriter
+
+            audio, rate = (track.samples, track.sample_rate) if track is not None else (plan.trimmed_audio, SAMPLE_RATE)
+            return GpuVideoWriter(path, w, h, fps=FPS, audio=audio, sample_rate=rate,
+                                  device=_cuda_name(self.placement.device))
         if track is not None:
             return VideoWriter(path, w, h, fps=FPS, crf=crf, audio=track.samples, sample_rate=track.sample_rate,
                                preset=encode_preset)
         return VideoWriter(path, w, h, fps=FPS, crf=crf, audio=plan.trimmed_audio, sample_rate=SAMPLE_RATE,
                            preset=encode_preset)
+
+
+def _cuda_name(device) -> str:
+    """The CUDA device the GPU video I/O uses: the placement's when it is one, else cuda:0."""
+    name = str(device)
+    return name if name.startswith("cuda") else "cuda"
 
 
 def check_encode_preset(preset: str) -> None:
@@ -389,7 +416,8 @@ class _SyncJob:
     def __init__(self, sync: LipSync, video, audio, output, *, config: SyncConfig, face, strict_faces: bool,
                  crf: int, progress, length: str, deadline: float | None,
                  encode_preset: str = DEFAULT_ENCODE_PRESET, output_audio: str = DEFAULT_OUTPUT_AUDIO,
-                 source_file=None) -> None:
+                 source_file=None, video_io: str = "cpu") -> None:
+        self.video_io = video_io
         self.sync, self.video, self.audio, self.config = sync, video, audio, config
         self.encode_preset = encode_preset
         self.face, self.strict_faces, self.crf, self.progress = face, strict_faces, crf, progress
@@ -410,7 +438,7 @@ class _SyncJob:
         log.info("settings: %s, length %s", self.config, self.length)
         with timer.measure("load_audio"):
             samples = sync._load_audio(self.audio)
-        frames, _, estimate, exact = sync._open_video_counted(self.video)
+        frames, _, estimate, exact = sync._open_video_counted(self.video, self.video_io)
         with timer.measure("audio_features"):
             self.plan = sync.core.plan_audio(samples, length=self.length)
         if self.source_file is not None and self.out_path is not None:
@@ -445,7 +473,7 @@ class _SyncJob:
                     if out_path is not None:
                         if writer is None:
                             writer = sync._open_writer(out_path, item.rgb, self.plan, self.crf, self.encode_preset,
-                                                       self.track)
+                                                       self.track, self.video_io)
                         with timer.measure("encode"):
                             writer.write(item.rgb)
                     else:
@@ -480,6 +508,7 @@ class _SyncJob:
             output_audio="source" if self.track is not None else "model",
             audio_sample_rate=self.track.sample_rate if self.track is not None else SAMPLE_RATE,
             audio_channels=self.track.channels if self.track is not None else 1,
+            video_io=self.video_io,
         )
 
     def _why_no_face(self) -> str:
