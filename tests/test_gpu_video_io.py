@@ -16,14 +16,14 @@ from engine.media import gpu_video
 from engine.media.gpu_video import resolve_video_io
 
 SECONDS = 0.32  # 8 frames
-SIZE = (544, 960)  # width a multiple of 16: x264 gives the same bytes on every encode (engine.media.writer)
+SIZE = (384, 672)  # width a multiple of 16: x264 gives the same bytes on every encode (engine.media.writer)
 FAST_ARGS = ["--steps", "1", "--guidance", "1", "--deepcache", "0", "--face", "mediapipe", "--device", "cpu",
              "--no-progress"]
 
 
 @pytest.fixture(scope="module")
 def clip(media, tmp_path_factory):
-    """(video path, speech wav path): demo1 cut to SECONDS at 544x960, real PyAV media with a real face."""
+    """(video path, speech wav path): demo1 cut to SECONDS at 384x672, real PyAV media with a real face."""
     from engine.media import cut_clip, load_audio
     from engine.media.writer import write_wav
 
@@ -117,7 +117,7 @@ def test_rgb_to_nv12_matches_ffmpegs_conversion(clip):
 
     from engine.media.video import iter_video_frames
 
-    rgb = next(iter(iter_video_frames(clip[0]))).rgb  # [960, 544, 3]
+    rgb = next(iter(iter_video_frames(clip[0]))).rgb  # [672, 384, 3]
     ours = gpu_video.rgb_to_nv12(torch.from_numpy(rgb)).numpy().astype(int)
     theirs = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="nv12").to_ndarray().astype(int)
     h = rgb.shape[0]
@@ -168,20 +168,24 @@ def test_muxed_elementary_stream_keeps_the_writers_timestamps_and_audio(clip, tm
 
 
 def test_auto_writes_the_cpu_paths_bytes_here(clip, tmp_path):
-    """Without [gpu-video] or a GPU, `--video-io auto` is the PyAV path: byte-identical output to `cpu`."""
+    """Without [gpu-video] or a GPU, `video_io="auto"` is the PyAV path: byte-identical output to "cpu" (the SDK
+    call that `engine run` makes, on tiny-random with a narrow VAE to keep it to seconds)."""
     import torch
 
-    from engine.cli import main
+    from stream_helpers import micro_sync
 
     if not gpu_video.missing_libraries() and torch.cuda.is_available():
         pytest.skip("auto picks the GPU path on this machine")
     video, wav = clip
     outs = {}
-    for choice in ("cpu", "auto"):
-        outs[choice] = tmp_path / f"{choice}.mp4"
-        assert main(["run", "--model", "tiny-random", "--video", str(video), "--audio", str(wav), "--output",
-                     str(outs[choice]), "--video-io", choice, *FAST_ARGS]) == 0
+    with micro_sync() as sync:
+        for choice in ("cpu", "auto"):
+            outs[choice] = tmp_path / f"{choice}.mp4"
+            result = sync(video, wav, outs[choice], steps=1, guidance=1.0, deepcache=0, face="mediapipe",
+                          video_io=choice)
+            assert result.video_io == "cpu" and result.num_frames == 8
     assert outs["cpu"].read_bytes() == outs["auto"].read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["auto.mp4", "cpu.mp4"]
 
 
 # ----------------------------------------------------------------- on a GPU
