@@ -43,8 +43,7 @@ EXTRAS: dict[str, Extra] = {
         Extra("livekit", ("livekit",), "the LiveKit Agents avatar (engine avatar-worker)",
               distributions=("livekit-agents",)),
         Extra("gpu-video", ("torchcodec", "PyNvVideoCodec"),
-              "GPU video I/O: NVDEC decode and NVENC encode (engine run --video-io gpu)",
-              distributions=("torchcodec", "pynvvideocodec")),
+              "GPU video I/O: NVDEC decode and NVENC encode (engine run --video-io gpu)"),
     )
 }
 

@@ -71,9 +71,10 @@ def resolve_video_io(request: str, device=None) -> str:
             f"--video-io gpu (NVDEC decode, NVENC encode): expected the [{GPU_VIDEO_EXTRA}] extra, found "
             f"{', '.join(missing)} not installed; install it with: pip install -e \".[{GPU_VIDEO_EXTRA}]\"")
     if not cuda_device_available(device):
-        raise BackendUnavailableError(
-            f"--video-io gpu: expected a CUDA device (NVDEC/NVENC), found {'device ' + str(device) if device not in (None, 'auto') else 'no CUDA device'}"
-            "; use --video-io cpu")
+        found = f"device {device}" if str(device) not in ("None", "auto") and not str(device).startswith("cuda") \
+            else "no CUDA device torch can use"
+        raise BackendUnavailableError(f"--video-io gpu: expected a CUDA device (NVDEC/NVENC), found {found}; "
+                                      "use --video-io cpu")
     return "gpu"
 
 
