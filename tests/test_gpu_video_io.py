@@ -90,6 +90,16 @@ def test_engine_run_video_io_gpu_fails_typed_before_any_model_loads(monkeypatch,
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_the_gpu_reader_and_writer_name_the_extra_when_it_is_missing(clip, tmp_path):
+    if not gpu_video.missing_libraries():
+        pytest.skip("the [gpu-video] extra is installed here")
+    with pytest.raises(MissingExtraError, match=r"\[gpu-video\]"):
+        next(gpu_video.iter_gpu_video_frames(clip[0]))
+    with pytest.raises(MissingExtraError, match=r"\[gpu-video\]"):
+        gpu_video.GpuVideoWriter(tmp_path / "out.mp4", 64, 64)
+    assert list(tmp_path.iterdir()) == []
+
+
 def _pyav_frames(path):
     """(t, end, rgb) of every source frame, seconds as Fractions from the stream start, PyAV's own conversion."""
     with av.open(str(path)) as container:

@@ -32,6 +32,7 @@ from engine.extras import import_optional, missing_modules
 from engine.media.paths import check_output, is_write_failure, output_write_error, partial_path
 from engine.media.probe import MediaLimits, open_input, probe
 from engine.media.video import RATE_DENOMINATOR_LIMIT, VideoFrame, as_rate
+from engine.media.watchdog import with_timeout
 
 VIDEO_IO_CHOICES = ("auto", "cpu", "gpu")
 GPU_VIDEO_EXTRA = "gpu-video"
@@ -118,8 +119,18 @@ def iter_gpu_video_frames(path: str | os.PathLike, *, fps: float | Fraction = FP
     applies the display rotation itself, as the PyAV path does.
     """
     rate = as_rate(fps)
+    expect(max_frames is None or max_frames >= 0, InvalidInputError, "max_frames", "None or >= 0", max_frames)
     info = probe(path, limits=limits, require_video=True, decode_check=False)
     decoders = import_optional("torchcodec.decoders", GPU_VIDEO_EXTRA, what="NVDEC decode (--video-io gpu)")
+    if max_frames == 0:
+        return
+    frames = _decode_gpu(decoders, path, info, rate, limits, device, max_frames, host)
+    yield from with_timeout(frames, limits.stall_timeout_s, f"{info.path}: {info.video.name} (NVDEC)")
+
+
+def _decode_gpu(decoders, path, info, rate: Fraction, limits: MediaLimits, device: str, max_frames: int | None,
+                host: bool) -> Iterator[VideoFrame]:
+    """The body of iter_gpu_video_frames (run under its stall watchdog, as the PyAV path's)."""
     with open_input(path, limits=limits) as container:  # the stream's start time, as the PyAV path uses it
         stream = container.streams[info.video.index]
         origin = stream.start_time * stream.time_base if stream.start_time is not None else None
@@ -136,8 +147,6 @@ def iter_gpu_video_frames(path: str | os.PathLike, *, fps: float | Fraction = FP
                 origin = t if origin is None else origin
                 yield t - origin, t - origin + _seconds(batch.duration_seconds[i].item()), batch.data[i]
 
-    if max_frames == 0:
-        return
     emitted = 0
     for k, frame in resample_by_time(source(), rate, max_frames=max_frames):
         rgb = frame.cpu().numpy() if host else frame.clone()  # [H, W, 3] uint8
