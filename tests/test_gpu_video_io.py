@@ -137,6 +137,13 @@ def test_rgb_to_nv12_matches_ffmpegs_conversion(clip):
     assert chroma.mean() < 1.0 and chroma.max() <= 8  # chroma: 2x2 mean vs swscale's own subsampling filter
 
 
+def test_nvenc_output_becomes_one_bitstream():
+    """PyNvVideoCodec 2.x returns [{"data": ...}] packets (its samples join them so); older releases bytes."""
+    packets = [{"data": b"\x00\x00\x00\x01g"}, {"data": np.frombuffer(b"\x00\x00\x01e", np.uint8)}]
+    assert gpu_video._bitstream(packets) == b"\x00\x00\x00\x01g\x00\x00\x01e"
+    assert gpu_video._bitstream(b"abc") == b"abc" and gpu_video._bitstream(None) == b"" == gpu_video._bitstream([])
+
+
 def _h264_elementary_stream(frames, path, rate):
     """A real H.264 Annex B stream without B-frames (what NVENC is asked for), from libx264."""
     with av.open(str(path), mode="w", format="h264") as out:

@@ -200,12 +200,16 @@ class _Nv12Surface:
 
 
 def _bitstream(packets) -> bytes:
+    """Encode / EndEncode output as bytes: PyNvVideoCodec 2.x gives a list of {"data": ...} packets; older
+    releases bytes or a numpy array."""
     if packets is None:
         return b""
     if isinstance(packets, (bytes, bytearray, memoryview)):
         return bytes(packets)
     if isinstance(packets, np.ndarray):
         return packets.tobytes()
+    if isinstance(packets, dict):
+        return bytes(packets["data"])
     return b"".join(_bitstream(p) for p in packets)
 
 
@@ -286,6 +290,7 @@ class GpuVideoWriter:
         if bitrate:
             options["bitrate"] = str(bitrate)
         w, h = self.encoded_size
+        self._nvc = nvc
         self._encoder = nvc.CreateEncoder(w, h, "NV12", False, **options)  # False: input in GPU memory
         self._stream_path = partial_path(self.path)
         self._tmp = partial_path(self.path)
@@ -306,7 +311,14 @@ class GpuVideoWriter:
             frame = torch.nn.functional.pad(frame.permute(2, 0, 1)[None].float(),
                                             (0, self.width % 2, 0, self.height % 2), mode="replicate")
             frame = frame[0].permute(1, 2, 0).to(torch.uint8)
-        self._write_bytes(_bitstream(self._encoder.Encode(_Nv12Surface(rgb_to_nv12(frame).contiguous()))))
+        surface = _Nv12Surface(rgb_to_nv12(frame).contiguous())
+        if hasattr(self._nvc, "NV_ENC_PIC_PARAMS"):  # PyNvVideoCodec 2.x: the frame's timestamp goes with it
+            params = self._nvc.NV_ENC_PIC_PARAMS()
+            params.inputTimeStamp = self.frames_written
+            packets = self._encoder.Encode(surface, params)
+        else:
+            packets = self._encoder.Encode(surface)
+        self._write_bytes(_bitstream(packets))
         self.frames_written += 1
 
     def _write_bytes(self, data: bytes) -> None:
