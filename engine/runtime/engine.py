@@ -208,6 +208,13 @@ class _DeviceLoop:
             self._cond.notify_all()
         return future
 
+    def _was_cancelled(self, request: Request) -> bool:
+        """`cancel_job` was called for the request's job after the request was queued. A job key outlives a
+        cancel (a streaming session interrupted by barge-in goes on with its next utterance): only what was
+        queued before the cancel may stop."""
+        cancelled_at = self._cancelled.get(request.job)
+        return cancelled_at is not None and request.enqueued <= cancelled_at
+
     def cancel_job(self, job: Hashable) -> int:
         with self._cond:
             now = time.monotonic()
@@ -317,7 +324,7 @@ class _DeviceLoop:
         try:
             results = run_batch(self.runners, [r.work for r in requests], clock,
                                 max_vae_rows=self.policy.max_vae_rows, fp32_decoder=self._fp32_decoder,
-                                should_stop=lambda: all(r.job in self._cancelled for r in requests))
+                                should_stop=lambda: all(self._was_cancelled(r) for r in requests))
         except ChunkCancelled as exc:  # every job of the batch was cancelled: stopped between steps
             log.info("batch of %d chunk(s) stopped: %s", len(requests), exc)
             self._fail(requests, exc)
