@@ -76,16 +76,18 @@ RUN_FOLDERS = {
 # Ray puts Unix sockets at RAY_TMPDIR/ray/session_<date>_<time>_<us>_<pid>/sockets/plasma_store, and a socket
 # path has at most 107 bytes: this leaves RAY_TMPDIR itself 107 - 4 - 44 - 21 = 38 bytes.
 RAY_SOCKET_ROOM = 38
+_EXTRA_FOLDERS: list[Path] = []  # folders outside the run folder (a short Ray folder), removed with it
 
 
 def _redirect_caches(config, run: Path) -> None:
     """Every cache and temporary folder of this process and its subprocesses goes under `run` (removed at exit)."""
-    ray_dir = run / RUN_FOLDERS["RAY_TMPDIR"]
-    if len(str(ray_dir).encode()) > RAY_SOCKET_ROOM:
-        raise pytest.UsageError(f"the test run folder {run} is too deep for Ray's socket paths (RAY_TMPDIR at most "
-                                f"{RAY_SOCKET_ROOM} bytes, found {ray_dir}): run with a shorter TMPDIR")
     for name, relative in RUN_FOLDERS.items():
         folder = run / relative
+        if name == "RAY_TMPDIR" and len(str(folder).encode()) > RAY_SOCKET_ROOM:
+            # a deep run folder (a pytest started by a test, inside that test's run folder): Ray's sockets get a
+            # short folder of their own, removed at the end like the run folder
+            folder = Path(tempfile.mkdtemp(prefix="lser-", dir="/tmp"))
+            _EXTRA_FOLDERS.append(folder)
         folder.mkdir(parents=True, exist_ok=True)
         _set_env(name, str(folder))
     tempfile.tempdir = str(run / "tmp")  # tempfile caches its folder on first use (mkdtemp above used it)
@@ -146,6 +148,8 @@ def pytest_unconfigure(config):
     tempfile.tempdir = None
     if _RUN_CACHE is not None:
         shutil.rmtree(_RUN_CACHE, ignore_errors=True)
+    for folder in _EXTRA_FOLDERS:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _seed_face_models(source: Path) -> None:
