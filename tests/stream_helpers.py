@@ -43,6 +43,13 @@ def demo1_inputs(golden: Path, num_frames: int = SOURCE_FRAMES) -> tuple[np.ndar
     return frames, inputs["landmarks3"][:num_frames], inputs["audio_16k"]
 
 
+def still_inputs(golden: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A still avatar: demo1's first frame and landmarks repeated SOURCE_FRAMES times, and demo1's speech (float32),
+    so that where a session is in its source loop never changes a frame."""
+    frames, landmarks, audio = demo1_inputs(golden)
+    return np.repeat(frames[:1], SOURCE_FRAMES, axis=0), np.repeat(landmarks[:1], SOURCE_FRAMES, axis=0), audio
+
+
 def fast_settings():
     """One denoising step without guidance: the cheapest faithful-path settings."""
     from engine.pipeline.config import resolve_config

@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("livekit.agents", reason="the [livekit] extra is not installed")
 
 from engine.constants import SAMPLE_RATE, SAMPLES_PER_FRAME  # noqa: E402
-from stream_helpers import SOURCE_FRAMES, demo1_inputs, fast_settings, micro_sync  # noqa: E402
+from stream_helpers import fast_settings, micro_sync, still_inputs  # noqa: E402
 
 SHORT = 4_800  # 0.3 s -> 8 frames
 
@@ -28,9 +28,8 @@ def sync():
 
 @pytest.fixture(scope="module")
 def still(golden):
-    frames, landmarks, audio = demo1_inputs(golden)
-    pcm = np.round(audio * 32767).astype(np.int16)
-    return np.repeat(frames[:1], SOURCE_FRAMES, axis=0), np.repeat(landmarks[:1], SOURCE_FRAMES, axis=0), pcm
+    frames, landmarks, audio = still_inputs(golden)
+    return frames, landmarks, np.round(audio * 32767).astype(np.int16)
 
 
 def _generator(sync, still, **kw):

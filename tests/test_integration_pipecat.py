@@ -17,7 +17,7 @@ pytest.importorskip("pipecat", reason="the [pipecat] extra is not installed")
 
 from engine.constants import SAMPLE_RATE, SAMPLES_PER_FRAME  # noqa: E402
 from engine.errors import InvalidInputError  # noqa: E402
-from stream_helpers import SOURCE_FRAMES, demo1_inputs, fast_settings, micro_sync  # noqa: E402
+from stream_helpers import fast_settings, micro_sync, still_inputs  # noqa: E402
 
 SHORT = 4_800  # 0.3 s of speech -> 8 frames
 
@@ -30,9 +30,8 @@ def sync():
 @pytest.fixture(scope="module")
 def still(golden):
     """A still avatar (one demo1 frame repeated) with its landmarks, and demo1's speech as int16."""
-    frames, landmarks, audio = demo1_inputs(golden)
-    pcm = np.round(audio * 32767).astype(np.int16)
-    return np.repeat(frames[:1], SOURCE_FRAMES, axis=0), np.repeat(landmarks[:1], SOURCE_FRAMES, axis=0), pcm
+    frames, landmarks, audio = still_inputs(golden)
+    return frames, landmarks, np.round(audio * 32767).astype(np.int16)
 
 
 def _faces(still):

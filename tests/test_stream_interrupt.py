@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from engine.constants import SAMPLES_PER_FRAME
-from stream_helpers import SOURCE_FRAMES, demo1_inputs, fast_settings, micro_sync
+from stream_helpers import fast_settings, micro_sync, still_inputs
 
 SPEECH_SAMPLES = 8_000  # 0.5 s -> 13 frames (length "audio")
 CHUNK = 8
@@ -27,9 +27,8 @@ def sync():
 @pytest.fixture(scope="module")
 def still(golden):
     """(frames [10,320,320,3] all equal, landmarks [10,3,2], speech [14400] float32)."""
-    frames, landmarks, audio = demo1_inputs(golden)
-    return (np.repeat(frames[:1], SOURCE_FRAMES, axis=0), np.repeat(landmarks[:1], SOURCE_FRAMES, axis=0),
-            audio[:SPEECH_SAMPLES])
+    frames, landmarks, audio = still_inputs(golden)
+    return frames, landmarks, audio[:SPEECH_SAMPLES]
 
 
 def _session(sync, still, **config):
