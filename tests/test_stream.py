@@ -280,7 +280,7 @@ def test_boundary_checks_rate_order_whole_frames_and_sources(sync, inputs):
         session.push_audio(np.zeros(640, np.int16), offset=0)
         with pytest.raises(InvalidInputError, match="offset: expected 640 .*found 0"):
             session.push_audio(np.zeros(640, np.int16), offset=0)
-    with pytest.raises(InvalidInputError, match=r"frame 0: expected uint8 array \[H,W,3\]"):
+    with pytest.raises(InvalidInputError, match=r"frame 0: expected (a )?uint8 (RGB )?array \[H,W,3\]"):
         _session(sync, iter([np.zeros((4, 4), np.uint8)]), landmarks)
     with pytest.raises(InvalidInputError, match="stream chunk_frames"):
         _session(sync, frames, landmarks, chunk_frames=10)
