@@ -2,7 +2,7 @@
 
 torch.profiler over one reference chunk at 512 px on the official-equivalent path (eager-serial) and one fast
 chunk on the optimized path; per chunk: the top kernels by device time with their share, the time per op family
-(conv, GEMM, attention, norm, elementwise, copies, video I/O, other), and the device's idle gaps, each placed
+(conv, GEMM, attention, norm, random, elementwise, copies, video I/O, other), and the device's idle gaps, each placed
 between the engine stages (StageClock labels every stage `stage:NAME` in the trace) that surround it. This is
 the evidence kernels/README.md asks for before a custom kernel lands.
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ STAGE_PREFIX = "stage:"
 FAMILIES = (
     ("video I/O", r"nvdec|nvjpeg|nvenc|nv12|yuv|libav|swscale|video"),
     ("attention", r"flash|fmha|attention|attn|sdpa|scaled_dot_product|softmax"),
+    ("random", r"normal_|uniform_|randn|random|philox|curand|bernoulli"),  # noise draws: before "norm" (normal_)
     ("norm", r"norm|welford"),
     ("conv", r"conv|cudnn|winograd|implicit_gemm|fprop|dgrad|wgrad|im2col"),
     ("GEMM", r"gemm|matmul|(^|::|_)(add|b)?mm\b|linear|cublas|cutlass|xmma|sm\d\d_|ampere|hopper"),
@@ -69,21 +71,24 @@ def _intervals(prof, cuda: bool) -> tuple[list[tuple[str, float, float]], list[t
     return work, stages_dev or stages_cpu, kind
 
 
-def top_kernels(prof, cuda: bool, total_us: float) -> list[dict[str, Any]]:
-    """The TOP_KERNELS names by device time (CPU: self time of the ops), with share and family."""
+def _op_times(prof, cuda: bool) -> Iterator[tuple[str, float]]:
+    """(name, µs) of every kernel (CUDA: device time) or, on a CPU, every aten op (its self time); stages left out."""
     from torch.autograd import DeviceType
 
-    totals: dict[str, list[float]] = {}
     for e in prof.events():
         if e.name.startswith(STAGE_PREFIX):
             continue
         if cuda and e.device_type == DeviceType.CUDA:
-            spent = float(e.time_range.end - e.time_range.start)
+            yield e.name, float(e.time_range.end - e.time_range.start)
         elif not cuda and e.device_type == DeviceType.CPU and e.name.startswith("aten::"):
-            spent = float(e.self_cpu_time_total)
-        else:
-            continue
-        entry = totals.setdefault(e.name, [0.0, 0])
+            yield e.name, float(e.self_cpu_time_total)
+
+
+def top_kernels(prof, cuda: bool, total_us: float) -> list[dict[str, Any]]:
+    """The TOP_KERNELS names by device time (CPU: self time of the ops), with share and family."""
+    totals: dict[str, list[float]] = {}
+    for name, spent in _op_times(prof, cuda):
+        entry = totals.setdefault(name, [0.0, 0])
         entry[0] += spent
         entry[1] += 1
     ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])
@@ -93,19 +98,9 @@ def top_kernels(prof, cuda: bool, total_us: float) -> list[dict[str, Any]]:
 
 def families(prof, cuda: bool) -> tuple[dict[str, dict[str, float]], float]:
     """Time per op family over all kernels (CPU: ops' self time) and the total (µs)."""
-    from torch.autograd import DeviceType
-
     sums: dict[str, float] = {}
-    for e in prof.events():
-        if e.name.startswith(STAGE_PREFIX):
-            continue
-        if cuda and e.device_type == DeviceType.CUDA:
-            spent = float(e.time_range.end - e.time_range.start)
-        elif not cuda and e.device_type == DeviceType.CPU and e.name.startswith("aten::"):
-            spent = float(e.self_cpu_time_total)
-        else:
-            continue
-        family = op_family(e.name)
+    for name, spent in _op_times(prof, cuda):
+        family = op_family(name)
         sums[family] = sums.get(family, 0.0) + spent
     total = sum(sums.values())
     table = {f: {"ms": round(us / 1e3, 4), "share": round(us / total, 4) if total else None}

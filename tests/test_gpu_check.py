@@ -150,6 +150,7 @@ def test_op_families_and_idle_gaps_between_stages():
     assert op_family("Memcpy HtoD (Pageable -> Device)") == "copies" and op_family("aten::copy_") == "copies"
     assert op_family("void at::native::vectorized_elementwise_kernel<4, silu>") == "elementwise"
     assert op_family("nvjpeg_decode") == "video I/O"
+    assert op_family("aten::normal_") == "random"  # a noise draw, not a normalisation
     work = [("k1", 0.0, 100.0), ("k2", 50.0, 120.0), ("k3", 300.0, 400.0), ("k4", 402.0, 500.0), ("k5", 900.0, 1000.0)]
     stages = [("unet", 0.0, 410.0), ("vae_decoder", 800.0, 1000.0)]
     gaps = idle_gaps(work, stages)
