@@ -33,6 +33,7 @@ from engine.media.paths import check_output, is_write_failure, output_write_erro
 from engine.media.probe import MediaLimits, open_input, probe
 from engine.media.video import RATE_DENOMINATOR_LIMIT, VideoFrame, as_rate
 from engine.media.watchdog import with_timeout
+from engine.media.writer import AtomicOutput
 
 VIDEO_IO_CHOICES = ("auto", "cpu", "gpu")
 GPU_VIDEO_EXTRA = "gpu-video"
@@ -265,7 +266,7 @@ def mux_elementary_stream(h264: Path, target: Path, *, rate: Fraction, audio: np
     return frames
 
 
-class GpuVideoWriter:
+class GpuVideoWriter(AtomicOutput):
     """The VideoWriter interface (write(rgb), close(), abort(), frames_written, path) with NVENC encode.
 
     The elementary stream goes to one `.partial` file, the mp4 to another; close() muxes and renames (atomic);
@@ -355,17 +356,6 @@ class GpuVideoWriter:
         self._finalizer()  # removes the elementary stream (the mp4 is already renamed)
         return self.path
 
-    def abort(self) -> None:
-        self._finalizer()
-
-    def __enter__(self) -> "GpuVideoWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.abort()
-        elif self._finalizer.alive:
-            self.close()
 
 
 def _discard_files(handle, paths) -> None:

@@ -92,7 +92,30 @@ def _check_samples(samples: np.ndarray, what: str) -> np.ndarray:
 X264_DETERMINISTIC = "lookahead-threads=1"
 
 
-class VideoWriter:
+class AtomicOutput:
+    """What every output writer shares: `self._finalizer` (a weakref.finalize that discards the temporary files)
+    makes `abort()` idempotent, and a `with` block closes on success and aborts on an error."""
+
+    _finalizer: weakref.finalize
+
+    def close(self) -> Path:  # noqa: D102 - each writer finishes its own file
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Drop the output: close what is open and delete the temporary files. Safe to call twice."""
+        self._finalizer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif self._finalizer.alive:
+            self.close()
+
+
+class VideoWriter(AtomicOutput):
     """MP4 writer: `with VideoWriter(path, w, h, audio=samples) as w: w.write(rgb)`; see the module docstring."""
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, *, fps: float | Fraction = FPS,
@@ -238,18 +261,6 @@ class VideoWriter:
         self._finalizer.detach()
         return self.path
 
-    def abort(self) -> None:
-        """Drop the output: close the container and delete the temporary file. Safe to call twice."""
-        self._finalizer()
-
-    def __enter__(self) -> "VideoWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.abort()
-        elif self._finalizer.alive:
-            self.close()
 
 
 def write_wav(path: str | os.PathLike, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
