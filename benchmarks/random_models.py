@@ -17,7 +17,7 @@ MICRO = "micro-random"
 OFFICIAL_RANDOM = "official-random"
 MICRO_SEED = 1247
 MICRO_CHANNELS = 32  # every U-Net level (tiny-random: 32, 32, 32, 64; motion-module norms need 32)
-MICRO_VAE_CHANNELS = 8  # every VAE level (tiny-random: 32, 64, 64, 64)
+MICRO_VAE_CHANNELS = 8  # every VAE level (tiny-random: 8, 8, 16, 16)
 MICRO_GROUPS = 4  # GroupNorm groups, divides both channel counts
 
 

@@ -1,36 +1,26 @@
-"""Shared inputs for the streaming tests: the tiny-random model with a smaller VAE, and golden demo1 frames.
+"""Shared inputs for the streaming tests: the tiny-random model, and golden demo1 frames.
 
 The streaming properties under test (bit-identity with the offline path, ordering,
-latency bookkeeping, cancellation) do not depend on network sizes, so the VAE of
-`tiny-random` is swapped for a narrower random one: it keeps the 8x latent layout
-and makes each frame ~5x cheaper on CPU.
+latency bookkeeping, cancellation) do not depend on network sizes; tiny-random's VAE is
+already the narrow one (engine.models.vae.TINY_RANDOM_VAE_OVERRIDES).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 
-MICRO_VAE = {"block_out_channels": [8, 8, 16, 16], "norm_num_groups": 4}
 SOURCE_FRAMES = 10  # a short source, so every utterance loops it ping-pong
 
 
 def micro_sync():
-    """`LipSync` over tiny-random's U-Net and whisper, with a narrow random VAE (seeded)."""
-    import torch
-
-    from engine.models.vae import build_vae, tiny_vae_config
+    """`LipSync` over the tiny-random models on the CPU in fp32."""
     from engine.pipeline.device import choose_placement
     from engine.pipeline.sdk import LipSync
     from engine.weights import load_models
 
-    models = load_models("tiny-random")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        vae = build_vae({**tiny_vae_config(), **MICRO_VAE})
-    return LipSync(dataclasses.replace(models, vae=vae), choose_placement("cpu", "fp32"))
+    return LipSync(load_models("tiny-random"), choose_placement("cpu", "fp32"))
 
 
 def demo1_inputs(golden: Path, num_frames: int = SOURCE_FRAMES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ from engine.weights.registry import TINY_RANDOM, VAE_CONFIG_FILE, VAE_WEIGHTS_FI
 
 log = logging.getLogger(__name__)
 
-TINY_VERSION = 1  # bump when the generated files change; older caches are rebuilt
+TINY_VERSION = 2  # bump when the generated files change; older caches are rebuilt
 TINY_SEED = 1247
 TINY_RESOLUTION = 256
 ZERO_INIT_STD = 0.02  # bias scale for parameters the architecture initialises to zero
@@ -55,11 +55,11 @@ def tiny_unet_state_dict(seed: int = TINY_SEED) -> dict[str, torch.Tensor]:
 
 
 def tiny_vae_state_dict(seed: int = TINY_SEED) -> dict[str, torch.Tensor]:
-    from engine.models.vae import build_vae, tiny_vae_config
+    from engine.models.vae import build_vae, tiny_random_vae_config
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        vae = build_vae(tiny_vae_config())
+        vae = build_vae(tiny_random_vae_config())
     return {k: v.detach().clone() for k, v in vae.state_dict().items()}
 
 
@@ -67,12 +67,12 @@ def write_tiny_random(out_dir: str | os.PathLike, seed: int = TINY_SEED) -> Path
     """Write the tiny-random model into `out_dir` in the official layouts (+ engine.json with hashes)."""
     from engine.audio import random_whisper_state_dict, tiny_whisper_dims, write_whisper_checkpoint
     from engine.models import tiny_unet_config
-    from engine.models.vae import tiny_vae_config
+    from engine.models.vae import tiny_random_vae_config
 
     out = Path(out_dir)
     write_official_unet_checkpoint(tiny_unet_state_dict(seed), out / UNET_FILE)
     write_json(tiny_unet_config(), out / UNET_CONFIG_JSON)
-    write_json({"_class_name": "AutoencoderKL", **tiny_vae_config()}, out / VAE_DIR / VAE_CONFIG_FILE)
+    write_json({"_class_name": "AutoencoderKL", **tiny_random_vae_config()}, out / VAE_DIR / VAE_CONFIG_FILE)
     write_safetensors(tiny_vae_state_dict(seed), out / VAE_DIR / VAE_WEIGHTS_FILE)
     dims = tiny_whisper_dims()
     write_whisper_checkpoint(out / WHISPER_FILE, dims, random_whisper_state_dict(dims, seed))
