@@ -51,19 +51,17 @@ def _assert_frames_close(ours: np.ndarray, expected: np.ndarray) -> None:
 def test_e2e_demo1_matches_official(e2e, variant, steps, guidance, deepcache):
     from engine.pipeline import SyncConfig
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the fixture is the 1-thread run
-    try:
-        models, inputs, frames, src = e2e
-        config = SyncConfig(steps=steps, guidance_scale=guidance, deepcache_interval=deepcache, seed=42)
-        plan, out = _run(models, inputs, frames, config)
-        expected_frames = np.load(src / f"{variant}_frames.npz")["frames_out"]
-        main = load_file(src / "expected.safetensors")
-        assert plan.num_frames == 34 == len(out)
-        assert [o.source_index for o in out] == main["frame_source_index"].tolist()
-        np.testing.assert_array_equal(plan.trimmed_audio, main["audio_out"].numpy())
-        torch.testing.assert_close(plan.features, main["whisper_feature"], atol=1e-4, rtol=0)
-        assert all(o.has_face for o in out)
-        _assert_frames_close(np.stack([o.rgb for o in out]), expected_frames)
-    finally:
-        torch.set_num_threads(threads)
+    # The fixture is an official 1-thread run; torch's multi-threaded kernels sum in another order, which moves
+    # a few values by one uint8 step (seen: max 1, 99.9993 % equal with 2 threads), well inside the bound below,
+    # so the test runs with every core instead of forcing one.
+    models, inputs, frames, src = e2e
+    config = SyncConfig(steps=steps, guidance_scale=guidance, deepcache_interval=deepcache, seed=42)
+    plan, out = _run(models, inputs, frames, config)
+    expected_frames = np.load(src / f"{variant}_frames.npz")["frames_out"]
+    main = load_file(src / "expected.safetensors")
+    assert plan.num_frames == 34 == len(out)
+    assert [o.source_index for o in out] == main["frame_source_index"].tolist()
+    np.testing.assert_array_equal(plan.trimmed_audio, main["audio_out"].numpy())
+    torch.testing.assert_close(plan.features, main["whisper_feature"], atol=1e-4, rtol=0)
+    assert all(o.has_face for o in out)
+    _assert_frames_close(np.stack([o.rgb for o in out]), expected_frames)
