@@ -19,8 +19,12 @@ run leaves `$HOME`, `/tmp` and the checkout as it found them (tests/test_hermeti
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -207,13 +211,22 @@ def media() -> Path:
     return MEDIA
 
 
+@dataclasses.dataclass(frozen=True)
+class TinyRandomExport:
+    """The quick start's `engine export --model tiny-random --device cpu`, as a user runs it (see tiny_random_export)."""
+
+    out: Path  # the folder holding every exported network (the engine cache's default artifact folder)
+    written: dict  # network -> file, the command's JSON on stdout
+    lines: list  # every line the command printed (stdout and stderr)
+    cwd: Path  # its working directory, empty before the run
+
+
 @pytest.fixture(scope="session")
-def tiny_random_onnx(tmp_path_factory) -> Path:
-    """`engine export --model tiny-random --out DIR --device cpu`, run once per test run (about 30 s of dynamo
-    exports on an idle 2-core machine) and shared read-only by the export and backend tests; copy files before
-    changing them. It runs in a private engine cache so the folder it registers does not opt the run's other tests
-    into artifacts (`--backend auto` would pick them)."""
-    from engine.cli import main
+def tiny_random_export(tmp_path_factory) -> TinyRandomExport:
+    """`python -m engine export --model tiny-random --device cpu`, run once per test run (the quick start's command,
+    about 30 s of dynamo exports on an idle 2-core machine) and shared read-only by the export and backend tests;
+    copy files before changing them. It runs in a private engine cache so the folder it registers does not opt the
+    run's other tests into artifacts (`--backend auto` would pick them)."""
     from engine.weights import engine_cache_dir
     from engine.weights.tiny import ensure_tiny_random
 
@@ -222,8 +235,18 @@ def tiny_random_onnx(tmp_path_factory) -> Path:
     model = ensure_tiny_random()
     private = tmp_path_factory.mktemp("export-engine-cache")
     shutil.copytree(model, private / model.relative_to(engine_cache_dir()))
-    out = tmp_path_factory.mktemp("tiny-random-onnx")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(ENGINE_CACHE_ENV, str(private))
-        assert main(["export", "--model", "tiny-random", "--out", str(out), "--device", "cpu"]) == 0
-    return out
+    cwd = tmp_path_factory.mktemp("export-cwd")
+    done = subprocess.run([sys.executable, "-m", "engine", "export", "--model", "tiny-random", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=900, cwd=cwd,
+                          env={**os.environ, ENGINE_CACHE_ENV: str(private)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = json.loads(done.stdout)
+    folders = {Path(p).parent for p in written.values()}
+    assert len(folders) == 1, written
+    return TinyRandomExport(out=folders.pop(), written=written, lines=(done.stdout + done.stderr).splitlines(), cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def tiny_random_onnx(tiny_random_export) -> Path:
+    """The folder of this run's `engine export --model tiny-random` (tiny_random_export), read-only."""
+    return tiny_random_export.out
