@@ -137,10 +137,8 @@ def running_demo(demo_inputs, tmp_path: Path):
 class DevTools:
     """A minimal Chrome DevTools protocol client over one page target's WebSocket."""
 
-    def __init__(self, ws_url: str) -> None:
-        from websockets.sync.client import connect
-
-        self.ws = connect(ws_url, max_size=None, open_timeout=20)
+    def __init__(self, ws) -> None:
+        self.ws = ws  # a websockets.sync.client connection to the page target
         self.next_id = 0
         self.events: list[dict] = []  # notifications received while waiting for replies (console messages...)
 
@@ -160,9 +158,6 @@ class DevTools:
         result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         assert "exceptionDetails" not in result, f"{expression[:80]}...: {result['exceptionDetails']}"
         return result["result"].get("value")
-
-    def close(self) -> None:
-        self.ws.close()
 
 
 @pytest.fixture
@@ -187,7 +182,6 @@ def running_chromium(tmp_path: Path):
     with open(log, "wb") as out:
         chromium = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True, env={**os.environ, "HOME": str(tmp_path / "home")})
-    tools = None
     try:
         active = profile / "DevToolsActivePort"  # written by Chromium once it listens (a fresh profile has none)
         deadline = time.monotonic() + 60
@@ -198,11 +192,11 @@ def running_chromium(tmp_path: Path):
         port = int(active.read_text().split()[0])
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as reply:
             pages = [t for t in json.load(reply) if t["type"] == "page"]
-        tools = DevTools(pages[0]["webSocketDebuggerUrl"])
-        yield tools
+        from websockets.sync.client import connect
+
+        with connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=20) as ws:
+            yield DevTools(ws)
     finally:
-        if tools is not None:
-            tools.close()
         _stop(chromium)
 
 
