@@ -78,8 +78,10 @@ class _Speaker(FrameProcessor):
         await self.push_frame(frame, direction)  # every frame passes (EchoSpeech keeps the microphone's)
 
     async def speak(self, pcm: np.ndarray) -> None:
-        """Push one utterance (int16 [n] at 16 kHz) and wait until its frames have come out of the service."""
+        """Push one utterance (int16 [n] at 16 kHz) and wait until its frames have come out of the service and its
+        speech has had time to play (frames of chunks dropped for their deadline come out at once)."""
         target = self.monitor.speech_frames + pcm.size // SAMPLES_PER_FRAME
+        played_at = asyncio.get_running_loop().time() + pcm.size / SAMPLE_RATE
         log.info("demo: utterance %d, %.2f s of speech", self.utterances + 1, pcm.size / SAMPLE_RATE)
         await self.push_frame(TTSStartedFrame())
         for start in range(0, pcm.size, PIECE_SAMPLES):
@@ -91,6 +93,7 @@ class _Speaker(FrameProcessor):
             log.info("demo: utterance %d shown", self.utterances)
         else:
             log.warning("demo: utterance %d not shown after %.0f s", self.utterances, PLAYBACK_TIMEOUT_S)
+        await asyncio.sleep(max(0.0, played_at - asyncio.get_running_loop().time()))
 
 
 class SpeechFileLoop(_Speaker):
