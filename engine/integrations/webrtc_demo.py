@@ -30,7 +30,7 @@ from engine.extras import require
 
 require("webrtc", what="the browser demo (engine demo)")
 
-from fastapi import BackgroundTasks, FastAPI, Request, Response  # noqa: E402 - after the extra check
+from fastapi import FastAPI, Request, Response  # noqa: E402 - after the extra check
 from fastapi.responses import HTMLResponse  # noqa: E402
 from pipecat.pipeline.pipeline import Pipeline  # noqa: E402
 from pipecat.pipeline.runner import WorkerRunner  # noqa: E402
@@ -144,7 +144,7 @@ def create_app(bot: DemoBot) -> FastAPI:
         return {"sessionId": session_id, "iceConfig": {"iceServers": []}}
 
     @app.post("/api/offer")
-    async def offer(request: SmallWebRTCRequest, background_tasks: BackgroundTasks):
+    async def offer(request: SmallWebRTCRequest):
         async def connected(connection: SmallWebRTCConnection) -> None:
             bot.start(connection)
 
@@ -156,7 +156,7 @@ def create_app(bot: DemoBot) -> FastAPI:
         return {"status": "success"}
 
     @app.api_route("/sessions/{session_id}/api/offer", methods=["POST", "PATCH"])
-    async def session_offer(session_id: str, request: Request, background_tasks: BackgroundTasks):
+    async def session_offer(session_id: str, request: Request):
         """The page's offer (POST) and trickled ICE candidates (PATCH), under the id /start gave it."""
         if session_id not in sessions:
             return Response(content="unknown session id (call /start first)", status_code=404)
@@ -166,7 +166,7 @@ def create_app(bot: DemoBot) -> FastAPI:
                 pc_id=data["pc_id"], candidates=[IceCandidate(**c) for c in data.get("candidates", [])]))
         return await offer(SmallWebRTCRequest(
             sdp=data["sdp"], type=data["type"], pc_id=data.get("pc_id"), restart_pc=data.get("restart_pc"),
-            request_data=data.get("request_data") or data.get("requestData")), background_tasks)
+            request_data=data.get("request_data") or data.get("requestData")))
 
     return app
 
