@@ -177,14 +177,14 @@ def browser(tmp_path):
 @contextlib.contextmanager
 def running_chromium(tmp_path: Path, *flags: str):
     profile = tmp_path / "chromium-profile"
-    command = [CHROMIUM, "--headless=new", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+    # --no-sandbox: Chromium refuses to run as root with its sandbox, and containers often lack the namespaces it
+    # needs; it only ever opens the demo's own pages here
+    command = [CHROMIUM, "--headless=new", "--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
                "--autoplay-policy=no-user-gesture-required", "--mute-audio", f"--user-data-dir={profile}",
                "--remote-debugging-port=0", "--remote-allow-origins=*", "--no-first-run", "--no-default-browser-check",
                "--disable-gpu", "--disable-extensions", "--disable-background-networking", "--disable-sync",
                "--disable-component-update", "--disable-breakpad", "--disable-features=WebRtcHideLocalIpsWithMdns",
                "--window-size=1280,900", *flags, "about:blank"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        command.insert(1, "--no-sandbox")  # Chromium refuses to run as root with its sandbox
     log = tmp_path / "chromium.log"
     with open(log, "wb") as out:
         chromium = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
