@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import numpy as np
 
@@ -82,7 +83,8 @@ class _Speaker(FrameProcessor):
         speech has had time to play (frames of chunks dropped for their deadline come out at once)."""
         target = self.monitor.speech_frames + pcm.size // SAMPLES_PER_FRAME
         played_at = asyncio.get_running_loop().time() + pcm.size / SAMPLE_RATE
-        log.info("demo: utterance %d, %.2f s of speech", self.utterances + 1, pcm.size / SAMPLE_RATE)
+        log.info("demo: utterance %d, %.2f s of speech, sent at %.3f (unix time)", self.utterances + 1,
+                 pcm.size / SAMPLE_RATE, time.time())
         await self.push_frame(TTSStartedFrame())
         for start in range(0, pcm.size, PIECE_SAMPLES):
             piece = pcm[start:start + PIECE_SAMPLES]
