@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -69,9 +70,11 @@ class PlaybackMonitor(FrameProcessor):
 class _Speaker(FrameProcessor):
     """Speaks int16 16 kHz utterances downstream as a TTS service would, one at a time."""
 
-    def __init__(self, monitor: PlaybackMonitor, **kwargs) -> None:
+    def __init__(self, monitor: PlaybackMonitor, *, stats: Callable[[], dict | None] | None = None,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.monitor = monitor
+        self.stats = stats  # the lip-sync session's `stats` (None before it starts), for the log
         self.utterances = 0
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
@@ -92,7 +95,10 @@ class _Speaker(FrameProcessor):
         await self.push_frame(TTSStoppedFrame())
         self.utterances += 1
         if await self.monitor.wait_for(target):
-            log.info("demo: utterance %d shown", self.utterances)
+            stats = self.stats() if self.stats else None
+            latency = stats["first_frame_latency_s"][-1] if stats and stats["first_frame_latency_s"] else None
+            log.info("demo: utterance %d shown, its first frame made %s s after its speech", self.utterances,
+                     "?" if latency is None else f"{latency:.3f}")
         else:
             log.warning("demo: utterance %d not shown after %.0f s", self.utterances, PLAYBACK_TIMEOUT_S)
         await asyncio.sleep(max(0.0, played_at - asyncio.get_running_loop().time()))

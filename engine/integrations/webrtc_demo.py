@@ -77,8 +77,13 @@ class DemoBot:
             audio_in_enabled=self.speech is None, audio_out_enabled=True, video_out_enabled=True,
             video_out_width=width, video_out_height=height, video_out_framerate=FPS))
         monitor = PlaybackMonitor()
-        speaker = EchoSpeech(monitor) if self.speech is None else SpeechFileLoop(self.speech, monitor)
         video = LatentSyncVideoService(sync=self.sync, source=self.source, config=self.config, face=self.face)
+
+        def stats() -> dict | None:
+            return video.session.stats if video.session is not None else None
+
+        speaker = (EchoSpeech(monitor, stats=stats) if self.speech is None
+                   else SpeechFileLoop(self.speech, monitor, stats=stats))
         worker = PipelineWorker(Pipeline([transport.input(), speaker, video, monitor, transport.output()]),
                                 params=PipelineParams(audio_in_sample_rate=16_000), cancel_on_idle_timeout=False)
 
