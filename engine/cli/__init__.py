@@ -25,6 +25,7 @@ SUBCOMMAND_MODULES = (
     "avatar",
     "serve",
     "avatar_worker",
+    "demo",
     "convert",
     "doctor",
 )
