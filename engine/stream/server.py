@@ -352,18 +352,37 @@ class LipSyncServer:
                  _peer(ws))
         outcome = "failed"
         try:
-            outcome = await self._serve(ws, name, config)
+            outcome = await self._serve(ws, name, config)  # frees the slot itself, before the client sees a close
         finally:
-            self.active_sessions -= 1
             self.sessions_served += 1
             log.info("session %d: %s after %.1f s", number, outcome, time.monotonic() - started)
 
     async def _serve(self, ws, name: str, config) -> str:
-        """Run one started session to its end; returns how it ended (for the log)."""
+        """Run one started session to its end; returns how it ended (for the log).
+
+        The session is closed and its slot freed before the connection is closed, whatever the ending, so a
+        client that reconnects as soon as it sees the close finds the slot free."""
         from websockets.exceptions import ConnectionClosed
 
         loop = asyncio.get_running_loop()
         session = sender = None
+        freed = False
+
+        async def release() -> None:
+            nonlocal freed
+            if freed:
+                return
+            freed = True
+            if sender is not None:
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
+            try:
+                if session is not None:
+                    await loop.run_in_executor(self._pool, session.close)
+                    self._sessions.discard(session)
+            finally:
+                self.active_sessions -= 1
+
         try:
             session = await loop.run_in_executor(self._pool, self._open_session, name, config)
             self._sessions.add(session)
@@ -378,6 +397,7 @@ class LipSyncServer:
                 session.finish()
                 await sender
             await ws.send(json.dumps({"type": "closed", "stats": session.stats}))
+            await release()
             await ws.close(1000, "session closed")
             return f"closed, {session.stats['frames_emitted']} frames"
         except ConnectionClosed:
@@ -385,15 +405,11 @@ class LipSyncServer:
         except (EngineError, ValueError, TimeoutError) as exc:
             code = CLOSE_FAILURE if isinstance(exc, EngineError) and not isinstance(exc, InvalidInputError) \
                 else CLOSE_POLICY
+            await release()
             await self._report(ws, exc, close_code=code)
             return f"failed: {type(exc).__name__}: {exc}"
         finally:
-            if sender is not None:
-                sender.cancel()
-                await asyncio.gather(sender, return_exceptions=True)
-            if session is not None:
-                await loop.run_in_executor(self._pool, session.close)
-                self._sessions.discard(session)
+            await release()
 
     def _parse_start(self, message) -> tuple:
         from engine.stream.protocol import parse_start
