@@ -107,7 +107,8 @@ class PendingChunk:
                     frames = torch.stack([self._frame_tensor(self.items[k]) for k in ks])  # [f,H,W,3] uint8
                     matrices = np.stack([self.items[k].matrix for k in ks])  # [f,2,3]
                     faces = output.faces[kept] if len(kept) != len(self.chosen) else output.faces
-                    restored = self.aligner.restore_batch(frames, faces, matrices).cpu().numpy()
+                    # `frames` is this chunk's own copy (stack copies): paste into it, not into another copy
+                    restored = self.aligner.restore_batch(frames, faces, matrices, inplace=True).cpu().numpy()
                     synced = dict(zip(ks, restored))
         return [  # has_face: the frame has a face (a strict-faces scan passes it through without generating)
             OutputFrame(index=j, source_index=item.source_index, rgb=synced.get(k, item.frame), has_face=item.has_face)
