@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -180,8 +180,10 @@ class ChunkRenderer:
         emit = len(items) if emit is None else emit
         return RenderedChunk(pending, items[:emit], list(indices)[:emit], utterance, due, on_timeline)
 
-    def collect(self, chunk: RenderedChunk) -> tuple[list[OutputFrame], bool]:
-        """(frames, dropped): the chunk's finished frames, waiting for its device work (restore runs here).
+    def collect(self, chunk: RenderedChunk) -> tuple[Iterator[OutputFrame], bool]:
+        """(frames, dropped): the chunk's finished frames, waiting for its device work. The frames come as an
+        iterator that restores them a few at a time (`PendingChunk.iter_result`), so the first one can be shown
+        while the rest are restored; the same frames as restoring the chunk at once.
 
         A dropped chunk gives its source frames unchanged. Raises CancelledError once the session is
         cancelled while waiting, or the chunk's typed error.
@@ -190,23 +192,28 @@ class ChunkRenderer:
         chunk.marks["collect"] = time.time()
         if chunk.pending is not None:
             try:
-                frames = chunk.pending.result(cancelled=self._cancelled)
+                frames = chunk.pending.iter_result(cancelled=self._cancelled)
             except DeadlineExceededError as exc:
                 log.info("stream %s", exc)
         dropped = frames is None
         if dropped:
             self.dropped_chunks += 1
-            frames = [OutputFrame(index=j, source_index=item.source_index, rgb=item.frame, has_face=item.has_face)
-                      for j, item in zip(chunk.indices, chunk.items)]
+            frames = iter([OutputFrame(index=j, source_index=item.source_index, rgb=item.frame,
+                                       has_face=item.has_face) for j, item in zip(chunk.indices, chunk.items)])
         elif chunk.pending.future is not None and chunk.pending.future.result().batch_size > 1:
             self.batched_chunks += 1
-        chunk.marks["restored"] = time.time()
-        if chunk.utterance is not None:
-            self.chunk_seconds.append(time.perf_counter() - chunk.started)
         if chunk.on_timeline and not dropped and chunk.due is not None and time.time() > chunk.due:
             self.late_chunks += 1
+        return self._finished(chunk, frames), dropped
+
+    def _finished(self, chunk: RenderedChunk, frames: Iterator[OutputFrame]) -> Iterator[OutputFrame]:
+        for n, frame in enumerate(frames):
+            if n == 0:
+                chunk.marks["restored"] = time.time()  # the first frame is ready
+            yield frame
+        if chunk.utterance is not None:
+            self.chunk_seconds.append(time.perf_counter() - chunk.started)
         trim_heap()
-        return frames, dropped
 
     def cancel(self) -> int:
         """Drop every queued chunk of the session (running ones finish); returns how many."""
