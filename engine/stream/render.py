@@ -207,12 +207,18 @@ class ChunkRenderer:
         return self._finished(chunk, frames), dropped
 
     def _finished(self, chunk: RenderedChunk, frames: Iterator[OutputFrame]) -> Iterator[OutputFrame]:
+        """`frames`, noting when the first is ready; a speech chunk's time is in `chunk_seconds` from its first
+        frame on (until then), and once all its frames are out, the whole of it."""
+        entry = None
         for n, frame in enumerate(frames):
             if n == 0:
                 chunk.marks["restored"] = time.time()  # the first frame is ready
+                if chunk.utterance is not None:
+                    entry = len(self.chunk_seconds)
+                    self.chunk_seconds.append(time.perf_counter() - chunk.started)
             yield frame
-        if chunk.utterance is not None:
-            self.chunk_seconds.append(time.perf_counter() - chunk.started)
+        if entry is not None:
+            self.chunk_seconds[entry] = time.perf_counter() - chunk.started
         trim_heap()
 
     def cancel(self) -> int:
