@@ -15,6 +15,8 @@ ends that step only, and kills everything the step started; what it measured so 
                 fraction, peak GPU memory; eager-serial (official-equivalent) against the optimized path
   7. streaming  first-frame latency and steady frame interval of a live session; benchmarks/throughput.py
   8. system     benchmarks/system.py --quick (the whole-system benchmark), when the checkout has it
+  9. video_io   NVDEC decode and NVENC encode frames/s (the [gpu-video] extra) against PyAV decode and x264
+                veryfast / medium, and one tiny-random job with --video-io gpu against cpu (benchmarks/gpu_video_io.py)
 
 Results go to --out (default benchmarks/results/gpu/), at most six files, directly in that folder:
 gpu_check.jsonl (every row as soon as it exists: skip reasons first, then measurements, then step ends),
@@ -58,8 +60,8 @@ FORMAT = 2
 TOTAL_LIMIT_S = 420.0  # a default run, wheel install included: leaves a second, targeted call in one GPU hour
 # (name, seconds). Each budget is the step's own plan (cases that would not fit are skipped with a reason);
 # a step is killed GRACE_S after it. test_gpu_check checks sum(budget + grace) + STARTUP_ALLOWANCE_S <= 420.
-STEPS = (("tests", 60), ("calibrate", 30), ("profile", 40), ("unet", 55), ("vae", 25), ("pipeline", 45),
-         ("streaming", 60), ("system", 25))
+STEPS = (("tests", 55), ("calibrate", 30), ("profile", 40), ("unet", 50), ("vae", 25), ("pipeline", 45),
+         ("streaming", 60), ("system", 25), ("video_io", 15))
 STEP_NAMES = tuple(name for name, _ in STEPS)
 QUICK_BUDGET_S = 240.0  # tiny models, but a loaded 2-core machine imports torch slowly (no plan: plumbing)
 GRACE_S = 5.0
@@ -67,6 +69,7 @@ STARTUP_ALLOWANCE_S = 30.0  # wheel install (~10 s), this process's imports, the
 FINAL_RESERVE_S = 8.0  # kept back from the last step for the final report
 STARTED_AT_ENV = "GPU_CHECK_STARTED_AT"  # unix time the remote command began (gpu_remote.sh sets it)
 WHEELS = ("diffusers", "av")  # what the GPU machine's Python lacks (see docs/gpu-check.md)
+GPU_VIDEO_WHEELS = ("torchcodec", "pynvvideocodec")  # the [gpu-video] extra, for the video_io step (optional)
 
 
 # ---------------------------------------------------------------------------------------------- budget
@@ -265,6 +268,10 @@ def run_step(args: argparse.Namespace) -> int:
         m.measure_streaming(plan, budget, emit, media=Path(args.media), seconds=args.seconds)
     elif args.step == "system":
         m.measure_system(plan, budget, emit)
+    elif args.step == "video_io":
+        import gpu_video_io
+
+        gpu_video_io.measure_video_io(plan, budget, emit, media=Path(args.media))
     return 0
 
 
@@ -332,6 +339,13 @@ def preflight(args: argparse.Namespace, chosen: list[str]) -> list[tuple[str, di
             if step in chosen and missing:
                 rows.append((step, {"kind": "preflight", "note": f"{', '.join(missing)} not in {args.media}: run "
                                                                  "`python benchmarks/gpu_check.py --prepare` beside ../shared"}))
+    if "video_io" in chosen:
+        from engine.extras import missing_modules
+
+        missing = missing_modules("gpu-video")
+        if missing:
+            rows.append(("video_io", {"kind": "preflight", "note": f"{', '.join(missing)} not installed: the NVDEC / "
+                                      "NVENC rows skip (carry the [gpu-video] wheels that --prepare prints)"}))
     if "system" in chosen and not m.SYSTEM_SCRIPT.exists():
         rows.append(("system", {"kind": "preflight", "note": f"{m.SYSTEM_SCRIPT.relative_to(REPO)} is not in this checkout"}))
     return rows
@@ -473,11 +487,14 @@ def prepare(args: argparse.Namespace) -> int:
     print(f"media ready in {media} (git-ignored: carry it to the GPU machine)")
     print("for a GPU machine whose Python lacks them, fetch the wheels of diffusers and PyAV here:")
     print("  " + " ".join(wheel_command()))
+    print("and, for the video_io step's NVDEC / NVENC rows, those of the [gpu-video] extra (torchcodec also needs "
+          "the FFmpeg libraries on that machine; without them its rows say so):")
+    print("  " + " ".join(wheel_command(GPU_VIDEO_WHEELS)))
     return 0
 
 
-def wheel_command() -> list[str]:
-    """`pip download` of WHEELS at this environment's versions, as cp312 manylinux wheels, into .whl/."""
+def wheel_command(names: tuple[str, ...] = WHEELS) -> list[str]:
+    """`pip download` of `names` at this environment's versions, as cp312 manylinux wheels, into .whl/."""
     from importlib.metadata import PackageNotFoundError, version
 
     def pinned(name: str) -> str:
@@ -488,7 +505,7 @@ def wheel_command() -> list[str]:
 
     return ["python", "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
             "--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
-            "--platform", "manylinux2014_x86_64", "-d", ".whl", *(pinned(n) for n in WHEELS)]
+            "--platform", "manylinux2014_x86_64", "-d", ".whl", *(pinned(n) for n in names)]
 
 
 def write_face_track(video: Path, out: Path, *, face: str = "mediapipe") -> None:

@@ -102,6 +102,12 @@ def markdown(report: dict[str, Any], notes: list[str]) -> str:
     for r in _rows(report, "system", "system"):
         lines += ["", f"## System (`{r['script']}`, the modelled device: modelled figures are not measurements)", "",
                   _note(r) or f"system.json embedded in {RESULT_NAME} (results.system)."]
+    video_io = _rows(report, "video_io", "video_io")
+    if video_io:
+        lines += ["", "## Video I/O (NVDEC / NVENC against PyAV / x264; `benchmarks/gpu_video_io.py`)", ""]
+        lines += _table(["op", "path", "frames", "frames/s", "wall s", "note"],
+                        [[r.get("op"), r.get("path") or f"video_io {r.get('video_io')}", r.get("frames"),
+                          r.get("frames_per_s"), r.get("wall_s", r.get("seconds")), _note(r)] for r in video_io])
     if notes:
         lines += ["", "Plots: " + "; ".join(notes)]
     return "\n".join(lines) + "\n"

@@ -185,6 +185,41 @@ def test_restore_batch_of_mixed_faces_equals_single_calls(face_golden):
     assert torch.equal(inplace, batched)
 
 
+def test_restore_in_cpu_passes_equals_single_calls(face_golden):
+    """More frames than one CPU pass holds (restore.CPU_FRAMES_PER_PASS): the same frames as one call per frame."""
+    from engine.face.restore import CPU_FRAMES_PER_PASS
+
+    cases = [_canvas_case(face_golden, (150, 120)), _canvas_case(face_golden, (-170, 300)),
+             _canvas_case(face_golden, (400, 50), 0.08)] * 2
+    assert len(cases) > CPU_FRAMES_PER_PASS
+    aligner = cases[0][0]
+    frames = torch.cat([c[1] for c in cases])
+    batched = aligner.restore_batch(frames, torch.cat([c[2] for c in cases]), np.concatenate([c[3] for c in cases]))
+    for i, (_, frame, face, matrix) in enumerate(cases):
+        assert torch.equal(batched[i], aligner.restore_batch(frame, face, matrix)[0])
+
+
+def test_windowed_align_equals_whole_frame_warp(face_golden):
+    """The warp converts only the pixels a crop samples, into a buffer reused across frames: the crops equal the
+    whole-frame warp's bit for bit, for padded-row frames (as PyAV decodes them) and faces partly outside."""
+    rng = np.random.default_rng(3)
+    base = face_golden["frames"][0]
+    height, width = base.shape[:2]
+    padded = np.zeros((2, height, width + 7, 3), np.uint8)  # rows padded like a decoder's line size
+    padded[:, :, :width] = np.stack([base, base[::-1]])
+    aligner = FaceAligner(256)
+    for k in range(12):
+        frame = padded[k % 2, :, :width]  # alternate frames: a stale buffer would show
+        assert not frame.flags.c_contiguous
+        shift = rng.uniform(-0.6, 0.6, 2) * [width, height]
+        landmarks = (face_golden["landmarks3"][k % 8] - [width / 2, height / 2]) * rng.uniform(0.3, 1.5) \
+            + [width / 2, height / 2] + shift
+        matrix = aligner.compute_matrices(landmarks.astype(np.float32))
+        windowed = aligner.align_batch(torch.from_numpy(frame)[None], matrix)
+        whole = aligner.align_batch(torch.from_numpy(np.ascontiguousarray(frame))[None], matrix, whole_frame=True)
+        assert torch.equal(windowed, whole), k
+
+
 def test_face_entirely_outside_frame_is_harmless():
     aligner = FaceAligner(256)
     frame = np.random.default_rng(0).integers(0, 256, (100, 120, 3), dtype=np.uint8)

@@ -46,7 +46,7 @@ def test_default_run_is_planned_within_420_seconds():
     planned = sum(seconds + gpu_check.GRACE_S for seconds in steps.values()) + gpu_check.STARTUP_ALLOWANCE_S
     assert planned <= 420 and gpu_check.TOTAL_LIMIT_S <= 420
     assert gpu_check.planned_budget()["total_s"] == pytest.approx(planned)
-    assert set(steps) == {"tests", "calibrate", "profile", "unet", "vae", "pipeline", "streaming", "system"}
+    assert set(steps) == {"tests", "calibrate", "profile", "unet", "vae", "pipeline", "streaming", "system", "video_io"}
     done = subprocess.run([sys.executable, str(SCRIPT), "--print-budget"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     total = re.search(r"planned total: (\d+) s", done.stdout)
@@ -347,10 +347,13 @@ def rehearse(tmp_path: Path, *extra: str) -> tuple[Path, float]:
 
 def test_remote_procedure_rehearsal_of_two_steps(tmp_path):
     """The procedure end to end, on its two cheapest steps (the CI guard; the whole run is the slow test below)."""
-    out, _ = rehearse(tmp_path, "--only", "vae", "system")
+    out, _ = rehearse(tmp_path, "--only", "vae", "system", "video_io")
     report = gpu_check.read_report(out)
-    assert [s["name"] for s in report["steps"]] == ["vae", "system"] and report["steps"][0]["status"] == "ok"
+    assert [s["name"] for s in report["steps"]] == ["vae", "system", "video_io"]
+    assert report["steps"][0]["status"] == "ok"
     assert {r["op"] for r in report["results"]["vae"]["rows"]} == {"encode", "decode"}
+    _check_video_io_rows(report)
+    assert "## Video I/O" in (out / gpu_check.MD_FILE).read_text()
     assert "| step | status |" in (out / gpu_check.MD_FILE).read_text()
 
 
@@ -358,6 +361,16 @@ def test_remote_procedure_rehearsal_of_two_steps(tmp_path):
 def test_remote_procedure_rehearsal_returns_at_most_six_small_files(tmp_path):
     out, _ = rehearse(tmp_path)
     _check_quick_report(json.loads((out / gpu_check.RESULT_FILE).read_text()), out)
+
+
+def _check_video_io_rows(report: dict) -> None:
+    """video_io on a CPU: PyAV decode and x264 encode measured; the NVDEC / NVENC rows and the job say why not."""
+    assert next(s for s in report["steps"] if s["name"] == "video_io")["status"] == "ok"
+    rows = [r for r in report["results"]["video_io"]["rows"] if r["kind"] == "video_io"]
+    measured = {(r["op"], r["path"]) for r in rows if "frames_per_s" in r}
+    assert measured == {("decode", "pyav (cpu)"), ("encode", "x264 veryfast crf 18"), ("encode", "x264 medium crf 18")}
+    gpu = [r for r in rows if "nvdec" in str(r.get("path")) or "nvenc" in str(r.get("path")) or r["op"] == "job"]
+    assert len(gpu) == 3 and all("CUDA" in r["skipped"] or "quick" in r["skipped"] for r in gpu), gpu
 
 
 def _check_quick_report(report: dict, out: Path) -> None:
@@ -395,6 +408,7 @@ def _check_quick_report(report: dict, out: Path) -> None:
     (throughput,) = [r for r in results["streaming"]["rows"] if r["kind"] == "throughput"]
     # complete, or killed at the step's budget with what it wrote so far (a loaded CPU can be that slow)
     assert (throughput.get("result") or {}).get("complete") is True or "partial" in throughput, throughput
+    _check_video_io_rows(report)
     (system,) = [r for r in results["system"]["rows"] if r["kind"] in ("system", "preflight")][-1:]
     assert "result" in system or "skipped" in system or "note" in system
     markdown = (out / gpu_check.MD_FILE).read_text()

@@ -131,7 +131,18 @@ def test_system_benchmark_smoke(tmp_path, media):
         assert row["modelled"] is True and row["profile"] == "h200" and row["frames"] > 0
         assert row["projected_frames_per_s"] == pytest.approx(row["measured_frames_per_s"] * row["cpu_scale"], rel=0.01)
         assert 0 < row["device_busy_fraction"] <= 1.05 and row["cores_used"] > 0 and row["bound_stage"]
-        assert row["cpu_ms_per_frame"]["decode"] > 0
+        if row["kind"] == "jobs" or row["live"]["source"] == "video":
+            assert row["cpu_ms_per_frame"]["decode"] > 0
+    live = {row["live"]["source"]: row for row in report["scenarios"] if row["kind"] == "streams"}
+    assert set(live) == {"video", "avatar"}
+    avatar = live["avatar"]  # looped from a prepared avatar: its preparation is timed apart, no decode or faces
+    assert avatar["avatar_prepare"][0]["frames"] == 8 and avatar["avatar_prepare"][0]["wall_s"] > 0
+    assert avatar["cpu_ms_per_frame"]["face"] in (0, None)
+    for row in live.values():  # the first frame's latency, broken down: the parts add up to it
+        (parts,) = row["live"]["first_frame_breakdown_s"]
+        assert parts["speech"] > 0 and parts["device"] > 0 and parts["restore"] > 0
+        assert sum(v for k, v in parts.items() if k != "total") == pytest.approx(parts["total"], abs=0.01)
+        assert parts["total"] == pytest.approx(row["live"]["first_frame_latency_s"][0], abs=0.15)
     assert (tmp_path / "system.png").exists()
 
 

@@ -12,7 +12,7 @@ import torch
 
 from engine.errors import InvalidInputError, expect
 from engine.face.restore import resize_faces, restore_batch
-from engine.face.warp import as_matrices, warp_affine_hwc
+from engine.face.warp import SourceScratch, as_matrices, warp_affine_hwc
 
 TEMPLATE_BASE = ((17.0, 20.0), (58.0, 20.0), (37.5, 40.0))  # (x, y): left brow, right brow, nose at 256/2.8
 CROP_BASE_WH = (75, 100)  # crop (w, h) before scaling by the ratio
@@ -146,6 +146,7 @@ class FaceAligner:
         self.device = torch.device(device)
         self._template = torch.tensor(self.geometry.template, dtype=torch.float32)  # [3,2]
         self.p_bias: np.ndarray | None = None  # [2] float32, None before the first frame
+        self._scratch = SourceScratch()  # the warp's float source buffer, reused frame after frame
 
     @property
     def crop_size(self) -> tuple[int, int]:
@@ -170,15 +171,20 @@ class FaceAligner:
             out[i, :, 2] += self.p_bias
         return out
 
-    def align_batch(self, frames: torch.Tensor, matrices: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Warp frames [N,H,W,3] uint8 with matrices [N,2,3] -> crops [N,h,w,3] uint8 (truncated, fill 127)."""
+    def align_batch(self, frames: torch.Tensor, matrices: np.ndarray | torch.Tensor, *,
+                    whole_frame: bool = False) -> torch.Tensor:
+        """Warp frames [N,H,W,3] uint8 with matrices [N,2,3] -> crops [N,h,w,3] uint8 (truncated, fill 127).
+
+        Only the part of each frame the crop samples is read; `whole_frame=True` converts the whole frame to
+        float first, as the official warp does (reference path for tests and benchmarks: the same crops)."""
         expect(frames.ndim == 4 and frames.shape[-1] == 3 and frames.dtype == torch.uint8, InvalidInputError,
                "frames", "uint8 [N,H,W,3]", f"{frames.dtype} {tuple(frames.shape)}")
         mats = as_matrices(matrices)
         expect(len(mats) == len(frames), InvalidInputError, "matrices count", len(frames), len(mats))
         frames = frames.to(self.device)
         crops = warp_affine_hwc(frames, mats.to(self.device), (self.geometry.height, self.geometry.width),
-                                fill=ALIGN_FILL)
+                                fill=ALIGN_FILL, whole_frame=whole_frame,
+                                scratch=self._scratch)
         return crops.to(torch.uint8).permute(0, 2, 3, 1).contiguous()  # truncation, as the official `.to(uint8)`
 
     def align(self, frame: np.ndarray, landmarks3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -23,6 +23,11 @@ KORNIA_EROSION_BORDER = 1e4  # kornia morphology 'geodesic' border (max_val)
 CV2_DEFAULT_KERNEL = 3  # cv2.erode with an empty kernel uses a 3x3 rectangle
 FOOTPRINT_SLACK = 2  # px around the analytic footprint bbox (covers fp32 rounding of the warp)
 WINDOW_SLACK = 3  # px beyond the erosion/blur reach (w_edge, or 1 for the 3x3 default) around the footprint
+# Frames per pass on the CPU: a 16-frame batch's float windows (about 90 MB each at 1080x1920) cost more in
+# memory traffic and page faults than the per-op overhead saved (one torch thread, demo1: 16 per pass about 3x the
+# CPU per frame of 1, 4 about 1.7x; with two intra-op threads on a loaded box, where every op's thread barrier
+# costs, 4 did as well as 16). benchmarks/face_stage.py measures it.
+CPU_FRAMES_PER_PASS = 4
 
 
 def resize_faces(faces: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
@@ -144,6 +149,17 @@ def restore_batch(
     expect(len(faces) == n and len(mats) == n, InvalidInputError, "faces/matrices count", n,
            (len(faces), len(mats)))
     expect(bool(torch.isfinite(mats).all()), InvalidInputError, "matrices", "finite values", "NaN/Inf")
+    out = frames if inplace else frames.clone()
+    step = CPU_FRAMES_PER_PASS if frames.device.type == "cpu" and region_only else max(n, 1)
+    for i in range(0, n, step):  # views of `out`: each pass pastes into its own frames
+        _restore(out[i:i + step], faces[i:i + step], mats[i:i + step], crop_hw, region_only=region_only)
+    return out
+
+
+def _restore(frames: torch.Tensor, faces: torch.Tensor, mats: torch.Tensor, crop_hw: tuple[int, int], *,
+             region_only: bool) -> None:
+    """`restore_batch` into `frames` [N,H,W,3] uint8 (written in place), checked inputs."""
+    n, height, width, _ = frames.shape
     device = frames.device
     faces = resize_faces(faces.to(device), crop_hw).contiguous()  # [N,3,h,w]
     inverse = invert_affine(mats).to(device)  # [N,2,3] crop->frame, kornia's fp32 inverse
@@ -167,7 +183,5 @@ def restore_batch(
     region = torch.stack([frames[i, y:y + bh, x:x + bw] for i, (y, x) in enumerate(windows)])  # [N,bh,bw,3]
     region = region.permute(0, 3, 1, 2).float()  # [N,3,bh,bw]
     blended = (soft * pasted + (1 - soft) * region).to(torch.uint8)  # truncation, as the official cast
-    out = frames if inplace else frames.clone()
     for i, (y, x) in enumerate(windows):
-        out[i, y:y + bh, x:x + bw] = blended[i].permute(1, 2, 0)
-    return out
+        frames[i, y:y + bh, x:x + bw] = blended[i].permute(1, 2, 0)

@@ -8,9 +8,13 @@ window gives exactly the full warp's values there) and then calls the same `grid
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+SAMPLE_MARGIN = 2  # px of source kept around the taps a crop samples (see sampled_box)
 
 
 def as_matrices(matrices) -> torch.Tensor:
@@ -88,16 +92,76 @@ def grid_sample_fill(
     return values, coverage
 
 
+def sampled_box(gx: torch.Tensor, gy: torch.Tensor, src_hw: tuple[int, int]) -> np.ndarray | None:
+    """Per image, the source pixels bilinear sampling at grid (gx, gy) [N,h,w] can read: int64 [N,4] rows
+    (y0, y1, x0, x1), half-open and clamped to the source, with a 2-pixel margin over the taps floor(i), floor(i)+1
+    at i = (g + 1) / 2 * (size - 1) (the margin absorbs grid_sample's own float rounding of i). None when a grid
+    value is not finite (then only the whole source is safe)."""
+    height, width = src_hw
+    lo_hi = torch.stack([gx.amin(dim=(1, 2)), gx.amax(dim=(1, 2)), gy.amin(dim=(1, 2)), gy.amax(dim=(1, 2))], dim=1)
+    lo_hi = lo_hi.double().cpu().numpy()  # [N,4] one host read for the batch
+    if not np.isfinite(lo_hi).all():
+        return None
+    x = (lo_hi[:, :2] + 1) / 2 * (width - 1)
+    y = (lo_hi[:, 2:] + 1) / 2 * (height - 1)
+    x0 = np.clip(np.floor(x[:, 0]) - SAMPLE_MARGIN, 0, width)
+    x1 = np.clip(np.floor(x[:, 1]) + 2 + SAMPLE_MARGIN, 0, width)
+    y0 = np.clip(np.floor(y[:, 0]) - SAMPLE_MARGIN, 0, height)
+    y1 = np.clip(np.floor(y[:, 1]) + 2 + SAMPLE_MARGIN, 0, height)
+    return np.stack([y0, np.maximum(y1, y0), x0, np.maximum(x1, x0)], axis=1).astype(np.int64)
+
+
+class SourceScratch:
+    """Float source buffers [1,H,W,C] kept between warps, one per thread and frame size (CPU only).
+
+    A fresh 24 MB buffer per 1080x1920 frame costs more in page faults than the conversion itself; a
+    reused one is already mapped. Owned by one aligner (one job), so it lives as long as the job.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[int, torch.Tensor] = {}  # thread id -> buffer
+
+    def get(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        if device.type != "cpu":  # the CUDA caching allocator already reuses its blocks
+            return torch.empty((1, *shape), dtype=torch.float32, device=device)
+        key = threading.get_ident()
+        buffer = self._buffers.get(key)
+        if buffer is None or tuple(buffer.shape[1:]) != tuple(shape):
+            buffer = self._buffers[key] = torch.empty((1, *shape), dtype=torch.float32)
+        return buffer
+
+
+def _float_source(image: torch.Tensor, box: np.ndarray | None, scratch: SourceScratch | None = None) -> torch.Tensor:
+    """image [H,W,C] as the float planar [1,C,H,W] `grid_sample` reads, converting only `box` (y0, y1, x0, x1).
+
+    Outside the box the buffer is not written (it may hold an earlier frame's pixels or nothing): the sampler
+    never reads there (see `sampled_box`), so the warp's values equal those from the whole converted image,
+    bit for bit, at a fraction of the cost for a crop of a large frame.
+    """
+    if box is None:
+        return image.permute(2, 0, 1)[None].float()
+    y0, y1, x0, x1 = (int(v) for v in box)
+    scratch = scratch or SourceScratch()
+    buffer = scratch.get(tuple(image.shape), image.device)  # [1,H,W,C]
+    buffer[0, y0:y1, x0:x1] = image[y0:y1, x0:x1]
+    return buffer.permute(0, 3, 1, 2)  # [1,C,H,W]
+
+
 def warp_affine_hwc(
     src: torch.Tensor, matrix: torch.Tensor, dsize: tuple[int, int], *, fill: float | None = None,
+    whole_frame: bool = False, scratch: SourceScratch | None = None,
 ) -> torch.Tensor:
     """kornia `warp_affine(src, M, dsize=(h, w), bilinear, align_corners=True)` for HWC images.
 
     src [N,H,W,C] (uint8 or float) -> [N,C,h,w] f32 (planar); `fill=None` is zero padding, a number is
-    padding_mode="fill". One image at a time, so only one float copy of a (large) frame exists at once.
+    padding_mode="fill". One image at a time, and only the part of each image the crop samples is converted to
+    float (a face crop reads a few percent of a 1080x1920 frame); `whole_frame=True` converts every pixel
+    (the reference path for tests and benchmarks; same values). `scratch` keeps the float buffer between calls.
     """
     n, height, width, _ = src.shape
     zeros = torch.zeros(n, dtype=torch.long, device=src.device)
     gx, gy = normalized_grid(matrix.to(src.device), (height, width), dsize, zeros, zeros, dsize)  # [N,h,w]
-    out = [grid_sample_fill(src[i].permute(2, 0, 1)[None], gx[i:i + 1], gy[i:i + 1], fill)[0] for i in range(n)]
+    boxes = None if whole_frame else sampled_box(gx, gy, (height, width))
+    out = [grid_sample_fill(_float_source(src[i], None if boxes is None else boxes[i], scratch), gx[i:i + 1], gy[i:i + 1],
+                            fill)[0] for i in range(n)]
     return torch.cat(out)

@@ -94,25 +94,55 @@ class PendingChunk:
                     raise
 
     def _finish(self, output) -> list:
+        return [frame for group in self._restored_groups(output, [self.emit]) for frame in group]
+
+    def iter_result(self, *, first_group: int = 1, cancelled=None):
+        """The finished frames as they are restored, a few at a time, so the first ones are out sooner: groups of
+        `first_group`, then of the CPU restore pass (restore.CPU_FRAMES_PER_PASS); one group on a GPU. The same
+        frames as `result()`. Waits for the device (raising as `result()` does) before it returns the iterator.
+        For a chunk's one consumer (a streaming session's worker): it does not cache the frames."""
+        from engine.face.restore import CPU_FRAMES_PER_PASS
+
+        output = self._device_output(None, cancelled)
+        if getattr(self.aligner, "device", None) is None or self.aligner.device.type == "cpu":
+            sizes = [first_group] + [CPU_FRAMES_PER_PASS] * (self.emit // CPU_FRAMES_PER_PASS + 1)
+        else:
+            sizes = [self.emit]
+        return (frame for group in self._restored_groups(output, sizes) for frame in group)
+
+    def _restored_groups(self, output, sizes: list[int]):
+        """Output frames in groups of `sizes` items (until `emit`), each group restored when it is reached."""
         from engine.pipeline.core import OutputFrame
 
-        synced: dict[int, np.ndarray] = {}
         if output is not None:
             for stage, seconds in output.stage_seconds().items():  # this chunk's share of its batch
                 self.timer.add(stage, seconds)
-            kept = [n for n, k in enumerate(self.chosen) if k < self.emit]
-            with torch.inference_mode(), self.timer.measure("restore"):
-                ks = [self.chosen[n] for n in kept]
-                if ks:
-                    frames = torch.stack([self._frame_tensor(self.items[k]) for k in ks])  # [f,H,W,3] uint8
-                    matrices = np.stack([self.items[k].matrix for k in ks])  # [f,2,3]
-                    faces = output.faces[kept] if len(kept) != len(self.chosen) else output.faces
-                    restored = self.aligner.restore_batch(frames, faces, matrices).cpu().numpy()
-                    synced = dict(zip(ks, restored))
-        return [  # has_face: the frame has a face (a strict-faces scan passes it through without generating)
-            OutputFrame(index=j, source_index=item.source_index, rgb=synced.get(k, item.frame), has_face=item.has_face)
-            for k, (j, item) in enumerate(zip(self.indices[:self.emit], self.items[:self.emit]))
-        ]
+        row_of = {k: n for n, k in enumerate(self.chosen)}  # item -> row of the device output
+        start = 0
+        for size in sizes:
+            stop = min(self.emit, start + max(1, size))
+            if start >= stop:
+                return
+            synced = {} if output is None else self._restore_rows(output, [row_of[k] for k in range(start, stop)
+                                                                           if k in row_of])
+            # has_face: the frame has a face (a strict-faces scan passes it through without generating)
+            yield [OutputFrame(index=self.indices[k], source_index=self.items[k].source_index,
+                               rgb=synced.get(k, self.items[k].frame), has_face=self.items[k].has_face)
+                   for k in range(start, stop)]
+            start = stop
+
+    def _restore_rows(self, output, rows: list[int]) -> dict[int, np.ndarray]:
+        """Paste the generated faces of device-output `rows` into their frames: {item position: frame}."""
+        if not rows:
+            return {}
+        with torch.inference_mode(), self.timer.measure("restore"):
+            ks = [self.chosen[n] for n in rows]
+            frames = torch.stack([self._frame_tensor(self.items[k]) for k in ks])  # [f,H,W,3] uint8
+            matrices = np.stack([self.items[k].matrix for k in ks])  # [f,2,3]
+            faces = output.faces[rows] if len(rows) != len(self.chosen) else output.faces
+            # `frames` is this chunk's own copy (stack copies): paste into it, not into another copy
+            restored = self.aligner.restore_batch(frames, faces, matrices, inplace=True).cpu().numpy()
+        return dict(zip(ks, restored))
 
     @staticmethod
     def _frame_tensor(item: SourceItem) -> torch.Tensor:

@@ -121,8 +121,9 @@ class SourceCursor(Cursor):
     def _align(self, frames: list[np.ndarray], matrices: list[np.ndarray]) -> tuple[list, list]:
         """Aligned faces [R,R,3] uint8 of frames with a face, and the frames as uploaded (None on the CPU)."""
         aligner = self._aligner
-        if aligner.device.type == "cpu":  # cv2's Lanczos per crop is fastest here; no copies of the frames
-            crops = [aligner.align_batch(torch.from_numpy(np.ascontiguousarray(f))[None], m[None])[0]
+        if aligner.device.type == "cpu":  # cv2's Lanczos per crop is fastest here; no copies of the frames (a
+            # decoded frame's rows may be padded: the warp reads the strided view, only where the crop samples)
+            crops = [aligner.align_batch(torch.from_numpy(f)[None], m[None])[0]
                      for f, m in zip(frames, matrices)]
             return [aligner.resize_to_model(c.numpy()) for c in crops], [None] * len(frames)
         from engine.runtime.transfer import to_device

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -43,6 +43,9 @@ class RenderedChunk:
     started: float = field(default_factory=time.perf_counter)  # when making it began (features included)
     emitted: int = 0  # frames of it emitted so far
     audio: object | None = None  # speech chunks: the samples its shown frames show, float32 [frames*640]
+    # time.time() of its steps, for latency breakdowns: make_start, features, source (items taken), queued,
+    # device_done (its device work finished), collect (the worker began collecting), restored
+    marks: dict = field(default_factory=dict)
 
     @property
     def frames(self) -> int:
@@ -58,6 +61,25 @@ class RenderedChunk:
             callback()
         else:
             future.add_done_callback(lambda _: callback())
+
+
+def first_frame_breakdown(marks: dict) -> dict[str, float]:
+    """Where an utterance's first-frame latency went, in seconds, from the marks of its first chunk (the parts sum
+    to first_frame - first_push): `speech` until the chunk's speech had arrived (and the worker saw it),
+    `waiting` for the maker thread, `features` (whisper), `source` (taking the chunk's source items: decode and
+    faces, unless made ahead), `prepare` (masks, queueing), `device` (engine queue, batching, the networks),
+    `collect_wait` (done, not yet collected by the worker), `restore` (pasting the faces into the frames), `emit`."""
+    order = ("first_push", "ready", "make_start", "features", "source", "queued", "device_done")
+    if not all(k in marks for k in order + ("collect", "restored", "first_frame")):
+        return {}
+    names = ("speech", "waiting", "features", "source", "prepare", "device")
+    out = {name: marks[b] - marks[a] for name, a, b in zip(names, order, order[1:])}
+    collected = max(marks["collect"], marks["device_done"])
+    out["collect_wait"] = collected - marks["device_done"]
+    out["restore"] = marks["restored"] - collected
+    out["emit"] = marks["first_frame"] - marks["restored"]
+    out["total"] = marks["first_frame"] - marks["first_push"]
+    return {k: round(v, 4) for k, v in out.items()}
 
 
 class ChunkRenderer:
@@ -98,6 +120,7 @@ class ChunkRenderer:
         from engine.pipeline.config import output_frame_count
 
         t0 = time.perf_counter()
+        marks = {"make_start": time.time()}
         if utt.generator is None:
             utt.generator, utt.init_noise = self.core.start_noise(self.config.sync.seed)
             utt.live = LiveFeatures(self.core.audio_encoder)
@@ -123,11 +146,15 @@ class ChunkRenderer:
             return None
         start = utt.submitted - utt.trimmed_frames
         audio_embeds = frame_windows(features, start, start + n)  # [n,50,C]
+        marks["features"] = time.time()
         items = self.cursor.take(n)
+        marks["source"] = time.time()
         due, on_timeline = timeline()  # now: features and faces took time
         chunk = self.render(items, range(utt.submitted, utt.submitted + n), audio_embeds, utt.generator,
                             utt.init_noise, due, utterance=utt, on_timeline=on_timeline, emit=emit)
         chunk.started = t0
+        chunk.marks.update(marks, queued=time.time())
+        chunk.when_done(lambda: chunk.marks.setdefault("device_done", time.time()))
         return chunk
 
     def render(self, items: list[SourceItem], indices: range, audio_embeds: torch.Tensor,
@@ -153,31 +180,46 @@ class ChunkRenderer:
         emit = len(items) if emit is None else emit
         return RenderedChunk(pending, items[:emit], list(indices)[:emit], utterance, due, on_timeline)
 
-    def collect(self, chunk: RenderedChunk) -> tuple[list[OutputFrame], bool]:
-        """(frames, dropped): the chunk's finished frames, waiting for its device work (restore runs here).
+    def collect(self, chunk: RenderedChunk) -> tuple[Iterator[OutputFrame], bool]:
+        """(frames, dropped): the chunk's finished frames, waiting for its device work. The frames come as an
+        iterator that restores them a few at a time (`PendingChunk.iter_result`), so the first one can be shown
+        while the rest are restored; the same frames as restoring the chunk at once.
 
         A dropped chunk gives its source frames unchanged. Raises CancelledError once the session is
         cancelled while waiting, or the chunk's typed error.
         """
         frames = None
+        chunk.marks["collect"] = time.time()
         if chunk.pending is not None:
             try:
-                frames = chunk.pending.result(cancelled=self._cancelled)
+                frames = chunk.pending.iter_result(cancelled=self._cancelled)
             except DeadlineExceededError as exc:
                 log.info("stream %s", exc)
         dropped = frames is None
         if dropped:
             self.dropped_chunks += 1
-            frames = [OutputFrame(index=j, source_index=item.source_index, rgb=item.frame, has_face=item.has_face)
-                      for j, item in zip(chunk.indices, chunk.items)]
+            frames = iter([OutputFrame(index=j, source_index=item.source_index, rgb=item.frame,
+                                       has_face=item.has_face) for j, item in zip(chunk.indices, chunk.items)])
         elif chunk.pending.future is not None and chunk.pending.future.result().batch_size > 1:
             self.batched_chunks += 1
-        if chunk.utterance is not None:
-            self.chunk_seconds.append(time.perf_counter() - chunk.started)
         if chunk.on_timeline and not dropped and chunk.due is not None and time.time() > chunk.due:
             self.late_chunks += 1
+        return self._finished(chunk, frames), dropped
+
+    def _finished(self, chunk: RenderedChunk, frames: Iterator[OutputFrame]) -> Iterator[OutputFrame]:
+        """`frames`, noting when the first is ready; a speech chunk's time is in `chunk_seconds` from its first
+        frame on (until then), and once all its frames are out, the whole of it."""
+        entry = None
+        for n, frame in enumerate(frames):
+            if n == 0:
+                chunk.marks["restored"] = time.time()  # the first frame is ready
+                if chunk.utterance is not None:
+                    entry = len(self.chunk_seconds)
+                    self.chunk_seconds.append(time.perf_counter() - chunk.started)
+            yield frame
+        if entry is not None:
+            self.chunk_seconds[entry] = time.perf_counter() - chunk.started
         trim_heap()
-        return frames, dropped
 
     def cancel(self) -> int:
         """Drop every queued chunk of the session (running ones finish); returns how many."""

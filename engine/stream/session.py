@@ -48,7 +48,8 @@ from engine.stream.idle import IdleFrames
 from engine.stream.live_trim import trim_finished_segment
 from engine.stream.output import POLL_S, FrameOutput
 from engine.stream.pcm import to_float_pcm
-from engine.stream.render import ChunkRenderer, RenderedChunk
+from engine.stream.prefetch import PrefetchCursor
+from engine.stream.render import ChunkRenderer, RenderedChunk, first_frame_breakdown
 from engine.stream.sources import open_source
 from engine.stream.utterance import SpeechQueue, Utterance
 
@@ -77,7 +78,9 @@ class StreamSession:
         self.on_frame = on_frame
         self.timer = StageTimer()
         aligner = self.core.new_aligner()
-        cursor = open_source(sync, source, face=face, aligner=aligner, timer=self.timer)
+        # the source's items are made ahead (decode, faces), off the path from speech to the first frame
+        cursor = PrefetchCursor(open_source(sync, source, face=face, aligner=aligner, timer=self.timer),
+                                self.config.render_chunk)
         self.speech = SpeechQueue(self.config.max_queued_seconds)
         self.output = FrameOutput(self.config.max_output_frames, on_frame, lambda: self.speech.closed)
         self.renderer = ChunkRenderer(self.core, cursor, aligner, self.config, self.timer,
@@ -92,6 +95,7 @@ class StreamSession:
         self._error: BaseException | None = None
         self._stopped = False  # the worker has stopped
         self.first_frame_latency_s: list[float] = []
+        self.first_chunk_marks: list[dict] = []  # per utterance: its first chunk's RenderedChunk.marks + push/frame
         self._worker = threading.Thread(target=self._work, name="lipsync-stream", daemon=True)
         self._worker.start()
 
@@ -230,6 +234,7 @@ class StreamSession:
             "mode": self.config.mode, "chunk_frames": self.config.render_chunk,
             "lookahead_ms": self.config.lookahead_ms, "latency_floor_s": round(self.config.latency_floor_s, 4),
             "first_frame_latency_s": [round(x, 4) for x in self.first_frame_latency_s],
+            "first_frame_breakdown_s": [first_frame_breakdown(m) for m in self.first_chunk_marks],
             "chunks": len(chunks), "chunk_compute_s_mean": round(float(np.mean(chunks)), 4) if chunks else None,
             "chunk_compute_s_max": round(float(np.max(chunks)), 4) if chunks else None,
             "late_chunks": self.renderer.late_chunks, "dropped_chunks": self.renderer.dropped_chunks,
@@ -291,7 +296,7 @@ class StreamSession:
         utt = self.speech.head()
         if (utt is not None and self._making is None and len(self.in_flight) < MAX_CHUNKS_IN_FLIGHT
                 and utt.frames_ready(self.config)):
-            self._making = self._maker.submit(self._make_speech, utt)
+            self._making = self._maker.submit(self._make_speech, utt, time.time())
             self._making.add_done_callback(lambda _: self._wake())
         if self.in_flight and self.in_flight[0].done():
             return functools.partial(self._emit_chunk, self.in_flight[0])  # interrupt() may empty in_flight
@@ -324,13 +329,15 @@ class StreamSession:
             ahead = sum(chunk.frames - chunk.emitted for chunk in self.in_flight)
             return max(self.output.next_due, time.time()) + ahead / FPS, on_timeline
 
-    def _make_speech(self, utt: Utterance) -> None:
-        """On the maker thread: features, source items and queueing of the next chunk of `utt`."""
+    def _make_speech(self, utt: Utterance, ready: float) -> None:
+        """On the maker thread: features, source items and queueing of the next chunk of `utt` (whose speech the
+        worker saw arrive at time.time() `ready`)."""
         samples, ended = self.speech.snapshot(utt)
         first = utt.submitted - utt.trimmed_frames  # the chunk's first frame within `samples`
         chunk = self.renderer.speech_chunk(utt, samples, ended, self._timeline)
         if chunk is None:
             return
+        chunk.marks["ready"] = ready
         chunk.audio = frame_audio(samples, first, chunk.frames)
         with self.speech.cond:
             if utt.interrupted:  # barged in while it was being made: it leaves the core's queue, unseen
@@ -360,6 +367,8 @@ class StreamSession:
             if utt.first_frame_wall is None:
                 utt.first_frame_wall = time.time()
                 self.first_frame_latency_s.append(utt.first_frame_wall - utt.first_push)
+                self.first_chunk_marks.append({**chunk.marks, "first_push": utt.first_push,
+                                               "first_frame": utt.first_frame_wall})
         with self.speech.cond:
             if self.in_flight and self.in_flight[0] is chunk:  # interrupt() may have emptied the queue already
                 self.in_flight.popleft()

@@ -306,9 +306,16 @@ def _points_box(points: np.ndarray) -> Box:
 def _warp(rgb: np.ndarray, roi: Roi, size: int, border: int) -> np.ndarray:
     """The ROI resampled to [1,size,size,3] float32 (bilinear, like mediapipe's OpenCV converter)."""
     m = roi.tensor_to_image(size)
-    out = cv2.warpAffine(np.ascontiguousarray(rgb), m, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+    out = cv2.warpAffine(_row_strided(rgb), m, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                          borderMode=border, borderValue=(0, 0, 0))
     return out.astype(np.float32)[None]
+
+
+def _row_strided(rgb: np.ndarray) -> np.ndarray:
+    """`rgb` as OpenCV can read it without a copy: a decoded frame's padded rows are fine (OpenCV has a row step),
+    only pixels that are not packed (x, then channel) need the contiguous copy of the whole frame."""
+    packed = rgb.ndim == 3 and rgb.strides[2] == rgb.itemsize and rgb.strides[1] == rgb.shape[2] * rgb.itemsize
+    return rgb if packed and rgb.strides[0] >= rgb.shape[1] * rgb.strides[1] else np.ascontiguousarray(rgb)
 
 
 class _Model:
