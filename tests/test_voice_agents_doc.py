@@ -39,6 +39,23 @@ def test_python_blocks_run_as_printed(tmp_path, monkeypatch):
         (320, 320, 25.0, 16_000)
 
 
+def test_the_readme_block_runs_as_printed(tmp_path, monkeypatch):
+    """The README's "Use it in a voice agent" block builds both integrations' real objects."""
+    pytest.importorskip("pipecat", reason="the [pipecat] extra is not installed")
+    pytest.importorskip("livekit.agents", reason="the [livekit] extra is not installed")
+    from engine.integrations.livekit import LatentSyncVideoGenerator
+    from engine.integrations.pipecat import LatentSyncVideoService
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("## Use it in a voice agent", 1)[1].split("\n## ", 1)[0]
+    (block,) = _blocks(section)
+    monkeypatch.chdir(tmp_path)  # a relative face.mp4: the objects are built, nothing is opened
+    names: dict = {}
+    exec(compile(block, "README.md:voice-agent", "exec"), names)
+    assert isinstance(names["video"], LatentSyncVideoService)
+    assert isinstance(names["generator"], LatentSyncVideoGenerator)
+
+
 def test_engine_commands_parse_and_figures_come_from_the_json():
     from engine.cli import build_parser
 
