@@ -335,7 +335,8 @@ class GpuVideoWriter(AtomicOutput):
         """Flush NVENC, mux video + audio with PyAV, rename onto the target. Returns the target path."""
         expect(self._finalizer.alive, InvalidInputError, f"GpuVideoWriter({self.path})", "an open writer",
                "a closed or aborted writer")
-        try:
+
+        def finish() -> None:
             expect(self.frames_written > 0, InvalidInputError, f"GpuVideoWriter({self.path})", "at least one frame",
                    "no frames written")
             self._write_bytes(_bitstream(self._encoder.EndEncode()))
@@ -344,15 +345,8 @@ class GpuVideoWriter(AtomicOutput):
                                           sample_rate=self.sample_rate, faststart=self.faststart)
             expect(muxed == self.frames_written, MediaDecodeError, f"NVENC stream for {self.path}",
                    f"{self.frames_written} frames", f"{muxed}")
-            os.replace(self._tmp, self.path)
-        except OSError as e:
-            self.abort()
-            if is_write_failure(e):
-                raise output_write_error(self.path, e) from e
-            raise
-        except BaseException:
-            self.abort()
-            raise
+
+        self._commit(finish, self._tmp)
         self._finalizer()  # removes the elementary stream (the mp4 is already renamed)
         return self.path
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import wave
 import weakref
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -104,6 +105,21 @@ class AtomicOutput:
     def abort(self) -> None:
         """Drop the output: close what is open and delete the temporary files. Safe to call twice."""
         self._finalizer()
+
+    def _commit(self, finish: Callable[[], None], tmp: Path) -> None:
+        """Run `finish` (flush, mux, close the file at `tmp`), then rename `tmp` onto `self.path`. On any error the
+        output is aborted (nothing at the target), and a failed write (full disk, ...) becomes OutputWriteError."""
+        try:
+            finish()
+            os.replace(tmp, self.path)
+        except OSError as e:
+            self.abort()
+            if is_write_failure(e):
+                raise output_write_error(self.path, e) from e
+            raise
+        except BaseException:
+            self.abort()
+            raise
 
     def __enter__(self):
         return self
@@ -241,7 +257,8 @@ class VideoWriter(AtomicOutput):
     def close(self) -> Path:
         """Flush encoders, finish the MP4 and rename it onto the target. Returns the target path."""
         self._check_open()
-        try:
+
+        def finish() -> None:
             expect(self.frames_written > 0, InvalidInputError, f"VideoWriter({self.path})", "at least one frame",
                    "no frames written")
             self._mux(self._video.encode(None))
@@ -249,15 +266,8 @@ class VideoWriter(AtomicOutput):
                 self._encode_audio(until=None, final=True)
                 self._mux(self._audio.encode(None))
             self._container.close()  # writes the moov atom (and, with faststart, rewrites the file)
-            os.replace(self._tmp, self.path)
-        except OSError as e:
-            self.abort()
-            if is_write_failure(e):
-                raise output_write_error(self.path, e) from e
-            raise
-        except BaseException:
-            self.abort()
-            raise
+
+        self._commit(finish, self._tmp)
         self._finalizer.detach()
         return self.path
 
