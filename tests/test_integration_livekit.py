@@ -29,7 +29,9 @@ def sync():
 @pytest.fixture(scope="module")
 def still(golden):
     frames, landmarks, audio = still_inputs(golden)
-    return frames, landmarks, np.round(audio * 32767).astype(np.int16)
+    from engine.media.audio import to_pcm16
+
+    return frames, landmarks, to_pcm16(audio)
 
 
 def _generator(sync, still, **kw):

@@ -31,7 +31,9 @@ def sync():
 def still(golden):
     """A still avatar (one demo1 frame repeated) with its landmarks, and demo1's speech as int16."""
     frames, landmarks, audio = still_inputs(golden)
-    return frames, landmarks, np.round(audio * 32767).astype(np.int16)
+    from engine.media.audio import to_pcm16
+
+    return frames, landmarks, to_pcm16(audio)
 
 
 def _faces(still):

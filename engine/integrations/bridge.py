@@ -16,6 +16,7 @@ import numpy as np
 
 from engine.constants import SAMPLE_RATE
 from engine.errors import InvalidInputError
+from engine.media.audio import to_pcm16
 from engine.integrations.speech import SpeechResampler
 from engine.stream.config import StreamConfig
 from engine.stream.frame import StreamFrame
@@ -151,4 +152,4 @@ class SessionBridge:
 
 def frame_pcm16(frame: StreamFrame) -> np.ndarray:
     """The frame's speech as int16 [640] at 16 kHz (what both frameworks play); int16 speech comes back exact."""
-    return np.clip(np.round(frame.audio * 32768.0), -32768, 32767).astype(np.int16)
+    return to_pcm16(frame.audio)

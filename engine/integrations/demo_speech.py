@@ -30,6 +30,7 @@ from pipecat.frames.frames import (  # noqa: E402 - after the extra check, for a
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor  # noqa: E402
 
 from engine.constants import SAMPLE_RATE, SAMPLES_PER_FRAME  # noqa: E402
+from engine.media.audio import to_pcm16  # noqa: E402
 
 __all__ = ["EchoSpeech", "PlaybackMonitor", "SpeechFileLoop"]
 
@@ -182,7 +183,7 @@ class EchoSpeech(_Speaker):
             from engine.integrations.speech import SpeechResampler
 
             self._resampler = self._resampler or SpeechResampler()
-            pcm = np.round(self._resampler.convert(pcm, frame.sample_rate) * 32767).astype(np.int16)
+            pcm = to_pcm16(self._resampler.convert(pcm, frame.sample_rate))
         return pcm
 
     async def cleanup(self) -> None:

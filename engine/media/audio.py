@@ -51,6 +51,12 @@ def check_float_samples(array: np.ndarray, what: str = "audio chunk") -> np.ndar
     return array
 
 
+def to_pcm16(samples: np.ndarray) -> np.ndarray:
+    """Float samples as int16, the inverse of the x / 32768 load (int16 speech comes back exact); values past full
+    scale (a resampler's overshoot) are clipped, never wrapped around."""
+    return np.clip(np.round(samples * INT16_SCALE), -32768, 32767).astype(np.int16)
+
+
 def load_audio(path: str | os.PathLike, *, sample_rate: int = SAMPLE_RATE,
                limits: MediaLimits = MediaLimits()) -> np.ndarray:
     """Return the first audio stream of `path` as float32 mono [S] at `sample_rate`: load_pcm16(...) / 32768.

@@ -29,7 +29,7 @@ import numpy as np
 
 from engine.constants import FPS, SAMPLE_RATE
 from engine.errors import InvalidInputError, expect
-from engine.media.audio import INT16_SCALE, load_audio
+from engine.media.audio import load_audio, to_pcm16
 from engine.media.paths import check_output, is_write_failure, output_write_error, partial_path
 from engine.media.probe import MediaInfo, MediaLimits, probe
 from engine.media.video import as_rate, iter_video_frames
@@ -280,7 +280,7 @@ def write_wav(path: str | os.PathLike, samples: np.ndarray, sample_rate: int = S
     (the same convention as soundfile's PCM_16 writer used by the official pipeline).
     """
     target = _output_dir(path)
-    pcm = np.clip(np.round(_check_samples(samples, "samples") * INT16_SCALE), -32768, 32767).astype("<i2")
+    pcm = to_pcm16(_check_samples(samples, "samples")).astype("<i2", copy=False)
     tmp = temporary_path(target)
     try:
         with wave.open(str(tmp), "wb") as w:
