@@ -20,8 +20,7 @@ import pytest
 from cluster_helpers import LOSSLESS, demo_cuts, micro_model_dir, write_manifest
 from engine.cli import main as cli_main
 from engine.errors import EXIT_CODES, InvalidInputError, OutputWriteError
-from test_reliability import FACE_SIZE, no_models, run_cli  # noqa: F401 - no_models is a fixture
-from test_media_reliability import write_clip, write_wav_header
+from test_reliability import clip, job, no_models, run_cli  # noqa: F401 - clip, job, no_models: fixtures
 
 FAST_ARGS = ["--steps", "1", "--guidance", "1", "--deepcache", "0", "--seed", "7", "--face", "mediapipe", "--crf",
              str(LOSSLESS)]
@@ -29,24 +28,10 @@ needs_dev_full = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="nee
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> Path:
-    return write_clip(tmp_path_factory.mktemp("clip") / "face.mp4", frames=25, size=FACE_SIZE)
-
-
-@pytest.fixture(scope="module")
 def batch_inputs(media, tmp_path_factory):
     """(micro model folder, {"demo1": (video, speech), "demo2": ...}): real faces, cheap jobs."""
     root = tmp_path_factory.mktemp("round3-inputs")
     return micro_model_dir(root), demo_cuts(media, root)
-
-
-@pytest.fixture
-def job(tmp_path, clip) -> dict[str, Path]:
-    video = tmp_path / "video.mp4"
-    video.write_bytes(clip.read_bytes())
-    audio = tmp_path / "speech.wav"
-    write_wav_header(audio, 16000, (1000 * np.sin(np.arange(16000) / 10)).astype(np.int16))
-    return {"video": video, "audio": audio}
 
 
 def _snapshot(*paths: Path) -> dict[Path, bytes]:
